@@ -1,0 +1,28 @@
+"""Triton kernels of step-sparsity, installed as ``step.kernels``.
+
+Kernels and their launchers only: no autograd, no dispatch, no input validation (the ops
+in ``step.ops`` validate, then call a launcher here). Each launcher's pure-PyTorch
+reference lives beside its op in ``step.ops`` under the same name with ``_ref``.
+
+``INTERPRET`` records whether the kernels were defined for the Triton CPU interpreter
+(``TRITON_INTERPRET=1`` at import time); Triton fixes that choice when a kernel is defined.
+"""
+
+import os
+
+INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+from .nm_compress import nm_compress_triton, nm_decompress_triton  # noqa: E402
+from .nm_mask import nm_mask_triton  # noqa: E402
+from .sparse24_linear import sparse24_linear_triton  # noqa: E402
+from .sparse24_pack import from_sparse24_triton, to_sparse24_triton  # noqa: E402
+
+__all__ = [
+    "INTERPRET",
+    "nm_mask_triton",
+    "nm_compress_triton",
+    "nm_decompress_triton",
+    "to_sparse24_triton",
+    "from_sparse24_triton",
+    "sparse24_linear_triton",
+]

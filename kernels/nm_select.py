@@ -1,0 +1,68 @@
+"""In-register N:M selection shared by the mask, compress and 2:4 pack kernels.
+
+The kernels work on the *bit patterns* of the weights (int16 for fp16/bf16, int32 for
+fp32), which makes them dtype-agnostic, exact (values are moved, never computed) and
+immune to the Triton interpreter's bf16 arithmetic bugs. For IEEE floats, clearing the
+sign bit gives an integer whose order is the order of ``|w|``; clamping it at the bit
+pattern of +inf makes NaN tie with inf, exactly like the reference's ``nan -> inf`` rule.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+_MAGNITUDE = {
+    # dtype: (bit view, mask clearing the sign, bits of +inf)
+    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
+    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
+}
+
+
+def bits_view(t: torch.Tensor) -> torch.Tensor:
+    """The same memory as integers of the same width (no copy)."""
+    return t.view(_MAGNITUDE[t.dtype][0])
+
+
+def magnitude_constants(dtype: torch.dtype) -> tuple[int, int]:
+    """``(abs_mask, inf_bits)`` for the kernels' ``magnitude_key``."""
+    _, abs_mask, inf_bits = _MAGNITUDE[dtype]
+    return abs_mask, inf_bits
+
+
+def group_block(mp: int, budget: int = 4096) -> int:
+    """Groups per program so that the ``[groups, mp, mp]`` rank comparison stays small."""
+    return max(1, triton.next_power_of_2(max(1, budget // (mp * mp))))
+
+
+@triton.jit
+def magnitude_key(bits, valid, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr):
+    """int32 key ordered like |w| (NaN == inf); -1 on padding lanes so they never win."""
+    key = tl.minimum(bits.to(tl.int32) & ABS_MASK, INF_BITS)
+    return tl.where(valid, key, -1)
+
+
+@triton.jit
+def keep_top_n(key, N: tl.constexpr, MP: tl.constexpr):
+    """``key`` [G, MP] -> bool [G, MP]: the N largest keys of each row, ties to the lower index.
+
+    Element i is kept when fewer than N elements j beat it, where j beats i if
+    key_j > key_i, or key_j == key_i and j < i. This is a total order, so exactly N
+    elements of each group are kept, whatever the ties.
+    """
+    idx = tl.arange(0, MP)
+    k_i = key[:, :, None]
+    k_j = key[:, None, :]
+    lower = idx[None, None, :] < idx[None, :, None]
+    beats = (k_j > k_i) | ((k_j == k_i) & lower)
+    rank = tl.sum(beats.to(tl.int32), axis=2)
+    return rank < N
+
+
+@triton.jit
+def kept_slot(kept, MP: tl.constexpr):
+    """``kept`` [G, MP] bool -> int32 [G, MP]: how many kept elements precede each one
+    (its position in the compressed group, so indices come out ascending)."""
+    idx = tl.arange(0, MP)
+    lower = idx[None, None, :] < idx[None, :, None]
+    return tl.sum((kept[:, None, :] & lower).to(tl.int32), axis=2)

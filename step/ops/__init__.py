@@ -1,0 +1,53 @@
+"""The ``step::`` operators: one ``torch.library`` op per operation.
+
+Each op module holds the op's pure-PyTorch reference (``*_ref``), its input checks, its
+fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
+"""
+
+from .dispatch import BackendError, BackendStatus, backends, use_backend
+from .masked_linear import masked_linear, masked_linear_ref
+from .nm_compress import NMCompressed, nm_compress, nm_compress_ref, nm_decompress, nm_decompress_ref
+from .nm_mask import nm_mask, nm_mask_ref
+from .sparse24 import (
+    cutlass_meta_offsets_ref,
+    from_sparse24,
+    from_sparse24_ref,
+    to_sparse24,
+    to_sparse24_ref,
+)
+from .sparse24_linear import sparse24_linear, sparse24_linear_ref
+
+OPS = (
+    "nm_mask",
+    "nm_compress",
+    "nm_decompress",
+    "sparse24_compress",
+    "sparse24_decompress",
+    "sparse24_linear",
+    "masked_linear",
+)
+"""Names of the ``step::`` ops (``torch.ops.step.<name>``)."""
+
+__all__ = [
+    "OPS",
+    "BackendError",
+    "BackendStatus",
+    "NMCompressed",
+    "backends",
+    "cutlass_meta_offsets_ref",
+    "from_sparse24",
+    "from_sparse24_ref",
+    "masked_linear",
+    "masked_linear_ref",
+    "nm_compress",
+    "nm_compress_ref",
+    "nm_decompress",
+    "nm_decompress_ref",
+    "nm_mask",
+    "nm_mask_ref",
+    "sparse24_linear",
+    "sparse24_linear_ref",
+    "to_sparse24",
+    "to_sparse24_ref",
+    "use_backend",
+]

@@ -1,0 +1,268 @@
+"""One dispatch layer: which implementation (backend) runs each ``step::`` op.
+
+Every op is declared once with ``torch.library``; its body asks :func:`choose` for an
+implementation. Three backends exist:
+
+``reference``
+    Plain PyTorch, runs on any device. Always available.
+``triton``
+    Triton kernels from ``step.kernels``. Available for CUDA tensors on GPUs of compute
+    capability >= 8.0, and for CPU tensors when ``TRITON_INTERPRET=1`` was set before the
+    kernels were imported (the Triton interpreter; used by the CPU test suite). Automatic
+    choice never picks the interpreter: it is for tests, forced with ``STEP_BACKEND``.
+``cuda``
+    CUDA C++ from ``csrc/`` compiled at first use through CuPy. Needs a GPU of compute
+    capability >= 8.0 and CuPy.
+
+Automatic choice takes, for the tensors' device, the first of ``cuda``, ``triton``,
+``reference`` that implements the op, is available, and (for automatic choice only) suits
+the call (e.g. a decode-style kernel only for few tokens). ``STEP_BACKEND`` forces a
+backend, globally (``STEP_BACKEND=triton``) or per op
+(``STEP_BACKEND=nm_mask=triton,sparse24_linear=reference``); so does
+:func:`use_backend`. A forced backend that cannot run raises :class:`BackendError`; it
+never silently falls back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import functools
+import importlib.util
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+BACKENDS: tuple[str, ...] = ("cuda", "triton", "reference")
+"""All backends, in the order automatic choice prefers them."""
+
+MIN_CAPABILITY = (8, 0)
+
+
+class BackendError(RuntimeError):
+    """A requested backend cannot run this op on these tensors."""
+
+
+@dataclass(frozen=True)
+class BackendStatus:
+    """Whether a backend can run on a device, and if not, why."""
+
+    name: str
+    available: bool
+    reason: str
+
+    def __str__(self) -> str:
+        state = "available" if self.available else "unavailable"
+        return f"{self.name}: {state} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class _Impl:
+    fn: Callable
+    auto_if: Callable[..., bool] | None
+
+
+_IMPLS: dict[str, dict[str, _Impl]] = {}
+_forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("step_backend", default=None)
+
+
+def register(op: str, backend: str, *, auto_if: Callable[..., bool] | None = None):
+    """Decorator registering ``fn`` as ``backend``'s implementation of ``op``.
+
+    ``auto_if(*args)`` restricts when *automatic* choice takes this implementation; a
+    forced backend runs it regardless.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+    def wrap(fn: Callable) -> Callable:
+        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, auto_if)
+        return fn
+
+    return wrap
+
+
+def implementations(op: str) -> tuple[str, ...]:
+    """Backends that implement ``op``, in preference order."""
+    return tuple(b for b in BACKENDS if b in _IMPLS.get(op, {}))
+
+
+# ---------------------------------------------------------------- availability
+
+
+def triton_interpreting() -> bool:
+    """True when Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.cache
+def _module_present(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def _cuda_device_problem(device: torch.device) -> str | None:
+    if device.type != "cuda":
+        return f"needs a CUDA device, tensors are on {device.type}"
+    if not torch.cuda.is_available():
+        return "no CUDA GPU visible to PyTorch"
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability_problem(index)
+
+
+@functools.cache
+def _capability_problem(index: int) -> str | None:
+    cap = torch.cuda.get_device_capability(index)
+    if cap < MIN_CAPABILITY:
+        name = torch.cuda.get_device_name(index)
+        return f"{name} has compute capability {cap[0]}.{cap[1]} < 8.0 (Ampere or newer needed)"
+    return None
+
+
+def _kernels_mode_problem() -> str | None:
+    """Triton decides interpreter vs compiler when the kernels are defined (imported)."""
+    import sys
+
+    kernels = sys.modules.get("step.kernels")
+    if kernels is not None and kernels.INTERPRET != triton_interpreting():
+        return (
+            "step.kernels was imported with TRITON_INTERPRET="
+            f"{int(kernels.INTERPRET)}; set TRITON_INTERPRET before importing step"
+        )
+    return None
+
+
+def backend_status(backend: str, device: torch.device | str | None = None) -> BackendStatus:
+    """Whether ``backend`` can run on ``device`` (default: the current CUDA device if any,
+    else the CPU), with the reason."""
+    dev = _default_device() if device is None else torch.device(device)
+    if backend == "reference":
+        return BackendStatus(backend, True, f"plain PyTorch, runs on {dev.type}")
+    if backend == "triton":
+        if not _module_present("triton"):
+            return BackendStatus(backend, False, "Triton is not installed (pip install triton)")
+        mode_problem = _kernels_mode_problem()
+        if mode_problem:
+            return BackendStatus(backend, False, mode_problem)
+        if dev.type == "cpu":
+            if triton_interpreting():
+                return BackendStatus(backend, True, "Triton interpreter on CPU (TRITON_INTERPRET=1)")
+            return BackendStatus(
+                backend, False, "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1"
+            )
+        problem = _cuda_device_problem(dev)
+        if problem:
+            return BackendStatus(backend, False, problem)
+        return BackendStatus(backend, True, f"Triton on {torch.cuda.get_device_name(dev)}")
+    if backend == "cuda":
+        problem = _cuda_device_problem(dev)
+        if problem:
+            return BackendStatus(backend, False, problem)
+        if not _module_present("cupy"):
+            return BackendStatus(
+                backend, False, "CuPy is not installed (pip install 'step-sparsity[cuda]')"
+            )
+        return BackendStatus(backend, True, f"CUDA via CuPy on {torch.cuda.get_device_name(dev)}")
+    raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def backends(device: torch.device | str | None = None) -> dict[str, BackendStatus]:
+    """Report every backend for ``device``: available or not, and why.
+
+    >>> import step
+    >>> step.backends("cpu")["reference"].available
+    True
+    """
+    return {b: backend_status(b, device) for b in BACKENDS}
+
+
+# ---------------------------------------------------------------- forcing
+
+
+def _parse_forced(spec: str | None) -> tuple[str | None, dict[str, str]]:
+    """``"triton"`` -> global; ``"nm_mask=triton,x=reference"`` -> per op."""
+    if not spec:
+        return None, {}
+    spec = spec.strip()
+    if "=" not in spec:
+        _check_backend_name(spec, "STEP_BACKEND")
+        return spec, {}
+    per_op: dict[str, str] = {}
+    for item in spec.split(","):
+        op, sep, backend = item.partition("=")
+        op, backend = op.strip(), backend.strip()
+        if not sep or not op:
+            raise BackendError(
+                f"STEP_BACKEND={spec!r}: expected 'BACKEND' or 'op=BACKEND,op=BACKEND'"
+            )
+        _check_backend_name(backend, f"STEP_BACKEND entry {item!r}")
+        per_op[op] = backend
+    return None, per_op
+
+
+def _check_backend_name(name: str, where: str) -> None:
+    if name not in BACKENDS:
+        raise BackendError(f"{where}: unknown backend {name!r}; expected one of {BACKENDS}")
+
+
+def forced_backend(op: str) -> str | None:
+    """The backend forced for ``op`` by :func:`use_backend` or ``STEP_BACKEND``, if any."""
+    spec = _forced.get()
+    if spec is None:
+        spec = os.environ.get("STEP_BACKEND")
+    everywhere, per_op = _parse_forced(spec)
+    return per_op.get(op, everywhere)
+
+
+@contextlib.contextmanager
+def use_backend(spec: str | None) -> Iterator[None]:
+    """Force a backend inside a ``with`` block (same syntax as ``STEP_BACKEND``;
+    ``None`` restores automatic choice, overriding the environment)."""
+    _parse_forced(spec)  # validate now, not at the first op
+    token = _forced.set(spec or "")
+    try:
+        yield
+    finally:
+        _forced.reset(token)
+
+
+# ---------------------------------------------------------------- choice
+
+
+def choose(op: str, device: torch.device, *args) -> tuple[str, Callable]:
+    """Pick the implementation of ``op`` for tensors on ``device``.
+
+    ``args`` are the op's arguments, passed to an implementation's ``auto_if``.
+    """
+    impls = _IMPLS.get(op)
+    if not impls:
+        raise BackendError(f"step::{op} has no registered implementation")
+    forced = forced_backend(op)
+    if forced is not None:
+        if forced not in impls:
+            raise BackendError(
+                f"STEP_BACKEND forces '{forced}' for step::{op}, which has no {forced} "
+                f"implementation (it has: {', '.join(implementations(op))}). Force a backend "
+                f"per op instead, e.g. STEP_BACKEND={op}={implementations(op)[0]}"
+            )
+        status = backend_status(forced, device)
+        if not status.available:
+            raise BackendError(f"STEP_BACKEND forces '{forced}' for step::{op}: {status.reason}")
+        return forced, impls[forced].fn
+    for backend in BACKENDS:
+        impl = impls.get(backend)
+        if impl is None:
+            continue
+        if backend == "triton" and device.type == "cpu":
+            continue  # the interpreter is for tests; never chosen automatically
+        if not backend_status(backend, device).available:
+            continue
+        if impl.auto_if is not None and not impl.auto_if(*args):
+            continue
+        return backend, impl.fn
+    raise BackendError(f"no backend can run step::{op} on {device}")  # reference always can

@@ -1,0 +1,111 @@
+"""``step::masked_linear``: ``y = x @ (w * nm_mask(w)).T + bias`` with the
+straight-through estimator (STE) in the backward pass.
+
+Backward: ``dx = dy @ (w * mask)``, ``dw = dy.T @ x`` (the STE: the gradient of the
+masked weight flows to the dense ``w`` unmasked), ``dbias = dy.sum``. The op also returns
+the mask it used, saved for the backward pass so it is never recomputed. Only the
+reference implementation exists yet; it composes ``step::nm_mask`` (so its mask comes
+from the best backend) with ``F.linear``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_same_device, check_same_dtype, check_tensor
+from .dispatch import choose, register
+from .nm_mask import check_nm_mask_args
+
+
+def masked_linear_ref(
+    x: torch.Tensor, w: torch.Tensor, n: int, m: int, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference forward: x [..., K], w [N, K], bias [N] -> (y [..., N], mask [N, K] bool)."""
+    mask = torch.ops.step.nm_mask(w, n, m)
+    return F.linear(x, torch.where(mask, w, 0), bias), mask
+
+
+def check_masked_linear_args(x: object, w: object, n: object, m: object, bias: object) -> None:
+    check_nm_mask_args(w, n, m)
+    check_tensor(w, "w", ndim=2)
+    check_tensor(x, "x")
+    assert isinstance(x, torch.Tensor) and isinstance(w, torch.Tensor)
+    if x.shape[-1] != w.shape[1]:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} but w has shape {tuple(w.shape)}: x's last dim must "
+            f"equal w's in_features {w.shape[1]}"
+        )
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        assert isinstance(bias, torch.Tensor)
+        if bias.shape[0] != w.shape[0]:
+            raise ValueError(f"bias has shape {tuple(bias.shape)}; expected [{w.shape[0]}]")
+    check_same_dtype(x=x, w=w, bias=bias)  # type: ignore[arg-type]
+    check_same_device(x=x, w=w, bias=bias)  # type: ignore[arg-type]
+
+
+register("masked_linear", "reference")(masked_linear_ref)
+
+
+@torch.library.custom_op("step::masked_linear", mutates_args=())
+def _masked_linear_op(
+    x: torch.Tensor, w: torch.Tensor, n: int, m: int, bias: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    check_masked_linear_args(x, w, n, m, bias)
+    _, impl = choose("masked_linear", x.device, x, w, n, m, bias)
+    return impl(x, w, n, m, bias)
+
+
+@_masked_linear_op.register_fake
+def _(x, w, n, m, bias):
+    check_masked_linear_args(x, w, n, m, bias)
+    return x.new_empty((*x.shape[:-1], w.shape[0])), w.new_empty(w.shape, dtype=torch.bool)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, w, _n, _m, bias = inputs
+    _y, mask = output
+    ctx.save_for_backward(x, w, mask)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y: torch.Tensor, _grad_mask):
+    x, w, mask = ctx.saved_tensors
+    grad_x = grad_w = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_y @ torch.where(mask, w, 0)
+    dy = grad_y.reshape(-1, w.shape[0])
+    if ctx.needs_input_grad[1]:
+        grad_w = dy.t() @ x.reshape(-1, w.shape[1])  # STE: dense w gets dL/d(w*mask)
+    if ctx.has_bias and ctx.needs_input_grad[4]:
+        grad_bias = dy.sum(0)
+    return grad_x, grad_w, None, None, grad_bias
+
+
+_masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def masked_linear(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    n: int = 2,
+    m: int = 4,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``x @ (w * nm_mask(w, n, m)).T + bias``, differentiable with the STE.
+
+    Args:
+        x: ``[..., K]``, float32/float16/bfloat16.
+        w: dense weight ``[N, K]`` of x's dtype, ``K % m == 0``; the mask is computed from
+            it on every call (the :func:`step.nm_mask` rule).
+        n, m: the pattern; default 2:4.
+        bias: ``[N]`` or None.
+
+    Returns:
+        ``[..., N]``. Gradients: ``dx = dy @ (w*mask)``, ``dw = dy.T @ x`` (straight
+        through the mask), ``dbias = dy.sum``.
+    """
+    check_masked_linear_args(x, w, n, m, bias)
+    y, _mask = torch.ops.step.masked_linear(x, w, n, m, bias)
+    return y

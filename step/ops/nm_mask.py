@@ -1,0 +1,70 @@
+"""``step::nm_mask``: which weights an N:M pattern keeps.
+
+In every group of ``m`` consecutive elements along the last dim, keep the ``n`` with the
+largest ``|w|``; ties keep the lower index; NaN ranks like +inf. Every backend gives the
+bit-identical mask, ties included.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .checks import check_groups, check_nm, check_tensor
+from .dispatch import choose, register
+from ._triton import triton_launcher
+
+
+def nm_mask_ref(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """Reference: ``w`` [..., K] (K % m == 0) -> bool mask of the same shape."""
+    groups = w.reshape(-1, m)
+    key = groups.abs().float()  # exact for fp16/bf16: the order of |w| is kept
+    key = torch.where(key.isnan(), float("inf"), key)
+    # A stable descending sort keeps equal keys in index order: ties go to the lower index.
+    keep = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :n]
+    mask = torch.zeros(groups.shape, dtype=torch.bool, device=w.device)
+    mask.scatter_(1, keep, True)
+    return mask.view(w.shape)
+
+
+def check_nm_mask_args(w: object, n: object, m: object) -> None:
+    check_tensor(w, "w")
+    n, m = check_nm(n, m)
+    check_groups(w, "w", m)  # type: ignore[arg-type]
+
+
+register("nm_mask", "reference")(nm_mask_ref)
+register("nm_mask", "triton")(triton_launcher("nm_mask_triton"))
+
+
+@torch.library.custom_op("step::nm_mask", mutates_args=())
+def _nm_mask_op(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    check_nm_mask_args(w, n, m)
+    w = w.contiguous()
+    _, impl = choose("nm_mask", w.device, w, n, m)
+    return impl(w, n, m)
+
+
+@_nm_mask_op.register_fake
+def _(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    check_nm_mask_args(w, n, m)
+    return torch.empty(w.shape, dtype=torch.bool, device=w.device)
+
+
+def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
+    """N:M mask of ``w``: True where the weight is kept.
+
+    Args:
+        w: float32/float16/bfloat16 tensor ``[..., K]``; groups of ``m`` consecutive
+            elements run along the last dim, so ``K % m == 0``. Non-contiguous input is
+            copied to contiguous first.
+        n, m: keep ``n`` of every ``m`` (``1 <= n < m <= 32``); default 2:4.
+
+    Returns:
+        bool tensor of ``w``'s shape with exactly ``n`` True per group: the ``n`` largest
+        ``|w|``, ties to the lower index, NaN counted as +inf.
+
+    >>> step.nm_mask(torch.tensor([0.1, -3.0, 2.0, 2.0]), 2, 4)
+    tensor([False,  True,  True, False])
+    """
+    check_nm_mask_args(w, n, m)
+    return torch.ops.step.nm_mask(w, n, m)
