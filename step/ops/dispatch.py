@@ -62,23 +62,31 @@ class BackendStatus:
 class _Impl:
     fn: Callable
     auto_if: Callable[..., bool] | None
+    auto: bool
 
 
 _IMPLS: dict[str, dict[str, _Impl]] = {}
 _forced: contextvars.ContextVar[str | None] = contextvars.ContextVar("step_backend", default=None)
 
 
-def register(op: str, backend: str, *, auto_if: Callable[..., bool] | None = None):
+def register(
+    op: str,
+    backend: str,
+    *,
+    auto_if: Callable[..., bool] | None = None,
+    auto: bool = True,
+):
     """Decorator registering ``fn`` as ``backend``'s implementation of ``op``.
 
     ``auto_if(*args)`` restricts when *automatic* choice takes this implementation; a
-    forced backend runs it regardless.
+    forced backend runs it regardless. ``auto=False`` keeps it out of automatic choice
+    altogether (an implementation not yet validated on hardware: forced use only).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
     def wrap(fn: Callable) -> Callable:
-        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, auto_if)
+        _IMPLS.setdefault(op, {})[backend] = _Impl(fn, auto_if, auto)
         return fn
 
     return wrap
@@ -256,7 +264,7 @@ def choose(op: str, device: torch.device, *args) -> tuple[str, Callable]:
         return forced, impls[forced].fn
     for backend in BACKENDS:
         impl = impls.get(backend)
-        if impl is None:
+        if impl is None or not impl.auto:
             continue
         if backend == "triton" and device.type == "cpu":
             continue  # the interpreter is for tests; never chosen automatically
