@@ -1,0 +1,76 @@
+"""The dispatch layer: automatic choice, forcing, reporting."""
+
+import pytest
+import torch
+
+import step
+from step.ops import OPS
+from step.ops.dispatch import choose, forced_backend, implementations
+
+
+def test_every_op_has_reference_and_triton():
+    for op in OPS:
+        if op == "masked_linear":  # fused Triton kernel: its own issue
+            assert "reference" in implementations(op)
+            continue
+        assert {"reference", "triton"} <= set(implementations(op)), op
+
+
+def test_backends_report_reasons():
+    report = step.backends("cpu")
+    assert list(report) == ["cuda", "triton", "reference"]
+    assert report["reference"].available
+    assert not report["cuda"].available and "CUDA device" in report["cuda"].reason
+    assert report["triton"].available  # the suite runs Triton in its interpreter
+    assert "TRITON_INTERPRET" in report["triton"].reason
+    assert all(isinstance(s.reason, str) and s.reason for s in report.values())
+
+
+def test_automatic_choice_on_cpu_never_picks_the_interpreter():
+    w = torch.randn(4, 8)
+    for op in ("nm_mask", "nm_compress"):
+        assert choose(op, w.device, w, 2, 4)[0] == "reference"
+
+
+def test_forcing_with_the_environment(monkeypatch):
+    w = torch.randn(4, 8)
+    monkeypatch.setenv("STEP_BACKEND", "triton")
+    assert choose("nm_mask", w.device, w, 2, 4)[0] == "triton"
+    monkeypatch.setenv("STEP_BACKEND", "nm_mask=triton, nm_compress=reference")
+    assert choose("nm_mask", w.device, w, 2, 4)[0] == "triton"
+    assert choose("nm_compress", w.device, w, 2, 4)[0] == "reference"
+    assert forced_backend("sparse24_linear") is None
+
+
+def test_context_manager_overrides_the_environment(monkeypatch):
+    monkeypatch.setenv("STEP_BACKEND", "triton")
+    with step.use_backend(None):
+        assert forced_backend("nm_mask") is None
+    with step.use_backend("reference"):
+        assert forced_backend("nm_mask") == "reference"
+    assert forced_backend("nm_mask") == "triton"
+
+
+def test_forced_backend_that_cannot_run_raises(monkeypatch):
+    w = torch.randn(4, 8)
+    with step.use_backend("cuda"), pytest.raises(step.BackendError, match="cuda"):
+        step.nm_mask(w, 2, 4)
+    with step.use_backend("masked_linear=triton"), pytest.raises(step.BackendError, match="no triton"):
+        step.masked_linear(torch.randn(2, 8), w, 2, 4)
+    monkeypatch.setenv("STEP_BACKEND", "gpu")
+    with pytest.raises(step.BackendError, match="unknown backend 'gpu'"):
+        step.nm_mask(w, 2, 4)
+    with pytest.raises(step.BackendError, match="unknown backend"):
+        with step.use_backend("nm_mask=fast"):
+            pass
+    with pytest.raises(step.BackendError, match="expected"):
+        with step.use_backend("=triton"):
+            pass
+
+
+def test_triton_on_cpu_without_the_interpreter_is_explained(monkeypatch):
+    from step.ops.dispatch import backend_status
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    status = backend_status("triton", "cpu")
+    assert not status.available and "TRITON_INTERPRET" in status.reason

@@ -1,0 +1,39 @@
+"""torch.library.opcheck for every step:: op, on the reference and on Triton."""
+
+import pytest
+import torch
+
+import step
+from step.ops import OPS
+
+
+def samples():
+    w = torch.randn(64, 128, dtype=torch.float16)
+    values, meta = step.to_sparse24(w)
+    c = step.nm_compress(torch.randn(3, 24), 2, 6)
+    x = torch.randn(3, 128, dtype=torch.float16)
+    xf = torch.randn(2, 3, 16, requires_grad=True)
+    wf = torch.randn(8, 16, requires_grad=True)
+    return {
+        "nm_mask": (torch.randn(4, 16), 2, 4),
+        "nm_compress": (torch.randn(2, 3, 16, dtype=torch.bfloat16), 1, 8),
+        "nm_decompress": (c.values, c.indices, 2, 6),
+        "sparse24_compress": (w,),
+        "sparse24_decompress": (values, meta),
+        "sparse24_linear": (x, values, meta, torch.randn(64, dtype=torch.float16)),
+        "masked_linear": (xf, wf, 2, 4, torch.randn(8, requires_grad=True)),
+    }
+
+
+def test_every_op_has_a_sample():
+    assert set(samples()) == set(OPS)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+@pytest.mark.parametrize("op", OPS)
+def test_opcheck(op, backend):
+    implemented = step.ops.dispatch.implementations(op)
+    if backend not in implemented:
+        pytest.skip(f"step::{op} has no {backend} implementation yet (has {implemented})")
+    with step.use_backend(f"{op}={backend}"):
+        torch.library.opcheck(getattr(torch.ops.step, op), samples()[op])
