@@ -11,10 +11,12 @@ Each op's minimal bytes (see :func:`op_bytes`) over its median time give an effe
 GB/s; the report gives that and its ratio to the copy's GB/s. A memory-bound op running at
 copy speed reaches a ratio of ~1.0. Target on GPU: ``to_sparse24`` of 8192x8192 fp16 >= 0.9.
 
-CUDA timing: CUDA events around each call, warm-up calls first, L2 flushed before every
-rep by writing a 256 MiB buffer, median over ``--reps``. CPU timing: ``time.perf_counter``
-around each call, median over ``--reps`` (caches not flushed; CPU numbers are for the
-reference implementation and are no GPU prediction).
+For one shape and dtype, the copy and all ops take turns rep by rep (round-robin), after
+``--warmup`` calls of each, so drift of the machine during the run hits all alike; the
+statistic is the median over ``--reps``. CUDA: CUDA events around each call, L2 flushed
+before every call by writing a 256 MiB buffer. CPU: ``time.perf_counter`` around each
+call, caches not flushed (CPU numbers time the reference implementation; they are no GPU
+prediction).
 
 Before timing, every (op, backend) output is checked once: the mask has exactly 2 True per
 group of 4 and equals the reference mask; ``from_sparse24(to_sparse24(w))`` equals
@@ -82,36 +84,46 @@ def op_bytes(op: str, rows: int, k: int, elem_size: int) -> int:
 # ---------------------------------------------------------------- timing
 
 
-def time_cuda(fn: Callable[[], object], reps: int, warmup: int, flush: torch.Tensor) -> list[float]:
-    """Milliseconds of each of ``reps`` calls of ``fn``, by CUDA events, L2 flushed before each.
+def time_interleaved(
+    fns: list[Callable[[], object]], reps: int, warmup: int, flush: torch.Tensor | None
+) -> list[list[float]]:
+    """Milliseconds of ``reps`` calls of each of ``fns``, the functions taking turns.
 
-    The flush is enqueued before the start event, so the host-side dispatch of ``fn`` mostly
-    overlaps the flush; what is not hidden is counted (it is a cost users pay too).
+    Round-robin (rep 1 of every function, then rep 2, ...) so that a machine getting
+    faster or slower during the run shifts every function alike and the ratios hold.
+    With ``flush`` (CUDA): CUDA events around each call, and ``flush`` overwritten before
+    it to evict L2; the flush is enqueued before the start event, so the host-side dispatch
+    of the call mostly overlaps it, and what does not overlap is counted (users pay it too).
+    Without ``flush`` (CPU): ``time.perf_counter`` around each call.
     """
-    for _ in range(warmup):
-        fn()
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    if flush is None:
+        times: list[list[float]] = [[] for _ in fns]
+        for _ in range(reps):
+            for fn, fn_times in zip(fns, times):
+                t0 = time.perf_counter()
+                fn()
+                fn_times.append((time.perf_counter() - t0) * 1e3)
+        return times
     torch.cuda.synchronize()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
-    for start, end in zip(starts, ends):
-        flush.zero_()
-        start.record()
-        fn()
-        end.record()
+    events = [
+        [
+            (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+            for _ in range(reps)
+        ]
+        for _ in fns
+    ]
+    for rep in range(reps):
+        for fn, fn_events in zip(fns, events):
+            start, end = fn_events[rep]
+            flush.zero_()
+            start.record()
+            fn()
+            end.record()
     torch.cuda.synchronize()
-    return [start.elapsed_time(end) for start, end in zip(starts, ends)]
-
-
-def time_cpu(fn: Callable[[], object], reps: int, warmup: int) -> list[float]:
-    """Milliseconds of each of ``reps`` calls of ``fn``, by ``time.perf_counter``."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    return [[start.elapsed_time(end) for start, end in fn_events] for fn_events in events]
 
 
 # ---------------------------------------------------------------- ops and checks
@@ -222,12 +234,15 @@ def header(device: torch.device, args: argparse.Namespace, now: datetime.datetim
         extra = {
             "compute_capability": f"{props.major}.{props.minor}",
             "cuda_runtime": torch.version.cuda,
-            "timer": "CUDA events, L2 flushed before each rep",
+            "timer": "CUDA events, L2 flushed before each call, ops round-robin",
             "l2_flush_bytes": L2_FLUSH_BYTES,
         }
     else:
         name = cpu_name()
-        extra = {"torch_threads": torch.get_num_threads(), "timer": "time.perf_counter"}
+        extra = {
+            "torch_threads": torch.get_num_threads(),
+            "timer": "time.perf_counter, ops round-robin",
+        }
     return {
         "benchmark": "sparsify",
         "device_type": device.type,
@@ -258,15 +273,6 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def measure(
-    op: str, w: torch.Tensor, reps: int, warmup: int, flush: torch.Tensor | None
-) -> list[float]:
-    """Times of ``reps`` calls of ``op`` on ``w`` (CUDA events on GPU, perf_counter on CPU)."""
-    if flush is not None:
-        return time_cuda(lambda: run_op(op, w), reps, warmup, flush)
-    return time_cpu(lambda: run_op(op, w), reps, warmup)
-
-
 def record(
     op: str, backend: str, resolved: str, w: torch.Tensor, times: list[float]
 ) -> dict[str, object]:
@@ -290,36 +296,55 @@ def record(
     }
 
 
+def call_with(op: str, backend: str, w: torch.Tensor) -> Callable[[], object]:
+    """A no-argument function running ``op`` on ``w`` with ``backend`` forced
+    (``"auto"``: automatic choice, whatever ``STEP_BACKEND`` says)."""
+    spec = None if backend in ("auto", "torch") else backend
+
+    def call() -> object:
+        with use_backend(spec):
+            return run_op(op, w)
+
+    return call
+
+
 def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
-    """All measurements for ``args``: a copy baseline per shape/dtype, then each op/backend."""
+    """All measurements for ``args``: per shape and dtype, the copy and every op/backend,
+    timed interleaved; a record with ``skipped`` for each op/backend that cannot run."""
     flush = None
     if device.type == "cuda":
         flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
     records: list[dict[str, object]] = []
     for rows, k in args.shapes:
         for dtype_name in args.dtypes:
-            dtype = getattr(torch, dtype_name)
             gen = torch.Generator(device=device).manual_seed(0)
-            w = torch.randn(rows, k, generator=gen, device=device, dtype=torch.float32).to(dtype)
-            copy = record("copy", "torch", "torch", w, measure("copy", w, args.reps, args.warmup, flush))
-            copy["ratio_to_copy"] = 1.0
-            records.append(copy)
+            w = torch.randn(rows, k, generator=gen, device=device).to(getattr(torch, dtype_name))
+            cases = [("copy", "torch", "torch")]
+            skipped: list[dict[str, object]] = []
             for op in OPS:
                 for backend in args.backends:
                     reason = skip_reason(op, backend, w)
                     if reason is not None:
-                        records.append(
-                            {"op": op, "rows": rows, "k": k, "dtype": dtype_name,
-                             "backend": backend, "skipped": reason}
+                        skipped.append(
+                            {
+                                "op": op,
+                                "rows": rows,
+                                "k": k,
+                                "dtype": dtype_name,
+                                "backend": backend,
+                                "skipped": reason,
+                            }
                         )
                         continue
-                    resolved = resolved_backend(op, backend, w)
-                    with use_backend(None if backend == "auto" else backend):
-                        check_output(op, w, run_op(op, w))
-                        times = measure(op, w, args.reps, args.warmup, flush)
-                    rec = record(op, backend, resolved, w, times)
-                    rec["ratio_to_copy"] = rec["gbps"] / copy["gbps"]
-                    records.append(rec)
+                    check_output(op, w, call_with(op, backend, w)())
+                    cases.append((op, backend, resolved_backend(op, backend, w)))
+            fns = [call_with(op, backend, w) for op, backend, _ in cases]
+            times = time_interleaved(fns, args.reps, args.warmup, flush)
+            measured = [record(*case, w, t) for case, t in zip(cases, times)]
+            copy_gbps = measured[0]["gbps"]
+            for rec in measured:
+                rec["ratio_to_copy"] = rec["gbps"] / copy_gbps
+            records += measured + skipped
             del w
     return records
 
@@ -343,13 +368,15 @@ def markdown(head: dict, records: list[dict[str, object]]) -> str:
         shape = f"{r['rows']}x{r['k']}"
         backend = str(r["backend"])
         if "skipped" in r:
-            lines.append(f"| {shape} | {r['dtype']} | {r['op']} | {backend} | skipped: {r['skipped']} | | | |")
+            lines.append(
+                f"| {shape} | {r['dtype']} | {r['op']} | {backend} | skipped: {r['skipped']} | | | |"
+            )
             continue
         if r["backend"] == "auto":
             backend = f"auto ({r['resolved_backend']})"
         lines.append(
-            f"| {shape} | {r['dtype']} | {r['op']} | {backend} | {r['median_ms']:.4f} "
-            f"| {r['bytes'] / 1e6:.1f} | {r['gbps']:.1f} | {r['ratio_to_copy']:.2f} |"
+            f"| {shape} | {r['dtype']} | {r['op']} | {backend} | {r['median_ms']:.4g} "
+            f"| {r['bytes'] / 1e6:.1f} | {r['gbps']:.4g} | {r['ratio_to_copy']:.3g} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -364,18 +391,36 @@ def device_slug(head: dict) -> str:
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch.device]:
     """Parse the command line and fill device-dependent defaults; refuse CUDA without a GPU."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cuda", "cpu"), default=None,
-                        help="default: cuda if a GPU is visible, else cpu")
-    parser.add_argument("--shapes", default=None,
-                        help=f"comma-separated ROWSxK (default cuda: {CUDA_SHAPES}; cpu: {CPU_SHAPES})")
-    parser.add_argument("--dtypes", default="float16,bfloat16",
-                        help="comma-separated torch dtypes (float16, bfloat16, float32)")
-    parser.add_argument("--backends", default=None,
-                        help="comma-separated from auto," + ",".join(BACKENDS)
-                        + " (default cuda: auto,triton,reference; cpu: reference)")
+    parser.add_argument(
+        "--device",
+        choices=("cuda", "cpu"),
+        default=None,
+        help="default: cuda if a GPU is visible, else cpu",
+    )
+    parser.add_argument(
+        "--shapes",
+        default=None,
+        help=f"comma-separated ROWSxK (default cuda: {CUDA_SHAPES}; cpu: {CPU_SHAPES})",
+    )
+    parser.add_argument(
+        "--dtypes",
+        default="float16,bfloat16",
+        help="comma-separated torch dtypes (float16, bfloat16, float32)",
+    )
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="comma-separated from auto,"
+        + ",".join(BACKENDS)
+        + " (default cuda: auto,triton,reference; cpu: reference)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    parser.add_argument("--reps", type=int, default=None, help="timed reps (default cuda 100, cpu 20)")
-    parser.add_argument("--warmup", type=int, default=None, help="warm-up calls (default cuda 10, cpu 3)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="timed reps (default cuda 100, cpu 20)"
+    )
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="warm-up calls (default cuda 10, cpu 3)"
+    )
     args = parser.parse_args(argv)
 
     if args.device is None:
@@ -387,12 +432,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
             "Run on a GPU machine, or use --device cpu."
         )
     on_gpu = args.device == "cuda"
-    args.shapes = [parse_shape(s) for s in (args.shapes or (CUDA_SHAPES if on_gpu else CPU_SHAPES)).split(",")]
+    args.shapes = [
+        parse_shape(s) for s in (args.shapes or (CUDA_SHAPES if on_gpu else CPU_SHAPES)).split(",")
+    ]
     args.dtypes = [d.strip() for d in args.dtypes.split(",")]
     for name in args.dtypes:
         if name not in ("float16", "bfloat16", "float32"):
             parser.error(f"--dtypes: {name!r} is not one of float16, bfloat16, float32")
-    args.backends = [b.strip() for b in (args.backends or ("auto,triton,reference" if on_gpu else "reference")).split(",")]
+    args.backends = [
+        b.strip()
+        for b in (args.backends or ("auto,triton,reference" if on_gpu else "reference")).split(",")
+    ]
     for name in args.backends:
         if name != "auto" and name not in BACKENDS:
             parser.error(f"--backends: {name!r} is not one of auto, {', '.join(BACKENDS)}")
@@ -413,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"sparsify-{device_slug(head)}-{now.date().isoformat()}"
-    Path(f"{stem}.json").write_text(json.dumps({"header": head, "records": records}, indent=2) + "\n")
+    Path(f"{stem}.json").write_text(
+        json.dumps({"header": head, "records": records}, indent=2) + "\n"
+    )
     Path(f"{stem}.md").write_text(table)
     print(f"wrote {stem}.json and {stem}.md")
     return 0

@@ -9,7 +9,6 @@ of 32, 2x2 blocks of words transposed, then ColumnMajorInterleaved<2>. The refer
 """
 
 import triton
-import triton.language as tl
 
 
 @triton.jit

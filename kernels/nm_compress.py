@@ -75,7 +75,9 @@ def nm_compress_triton(w: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, t
     return values, indices
 
 
-def nm_decompress_triton(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
+def nm_decompress_triton(
+    values: torch.Tensor, indices: torch.Tensor, n: int, m: int
+) -> torch.Tensor:
     """(values, indices) contiguous [..., G*n] -> dense [..., G*m], zeros (+0.0) elsewhere."""
     dense = torch.empty((*values.shape[:-1], values.shape[-1] // n * m), dtype=values.dtype,
                         device=values.device)  # fmt: skip

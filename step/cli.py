@@ -45,8 +45,10 @@ def collect_info() -> dict:
         "cupy": cupy,
         "gpus": gpus,
         "backends": {
-            dev: {name: {"available": s.available, "reason": s.reason}
-                  for name, s in backends(dev).items()}  # fmt: skip
+            dev: {
+                name: {"available": s.available, "reason": s.reason}
+                for name, s in backends(dev).items()
+            }  # fmt: skip
             for dev in devices
         },
     }
@@ -57,7 +59,9 @@ def _print_info(info: dict) -> None:
         print(f"{key:>14}: {info[key] or 'not installed'}")
     if info["gpus"]:
         for g in info["gpus"]:
-            print(f"{'gpu':>14}: cuda:{g['index']} {g['name']} (compute capability {g['capability']})")
+            print(
+                f"{'gpu':>14}: cuda:{g['index']} {g['name']} (compute capability {g['capability']})"
+            )
     else:
         print(f"{'gpu':>14}: none visible to PyTorch")
     for dev, table in info["backends"].items():

@@ -22,7 +22,9 @@ def assert_within_tolerance_rule(
     ref_err = (ref_lowp.double() - ref_fp64).abs().max().item()
     scale = ref_fp64.abs().max().item() if ref_fp64.numel() else 0.0
     floor = 4 * torch.finfo(out.dtype).eps * scale
-    assert err <= 2 * ref_err + floor, f"{name}: error {err:.3g} > 2 x reference error {ref_err:.3g}"
+    assert err <= 2 * ref_err + floor, (
+        f"{name}: error {err:.3g} > 2 x reference error {ref_err:.3g}"
+    )
 
 
 def assert_bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:

@@ -55,7 +55,10 @@ def test_forced_backend_that_cannot_run_raises(monkeypatch):
     w = torch.randn(4, 8)
     with step.use_backend("cuda"), pytest.raises(step.BackendError, match="cuda"):
         step.nm_mask(w, 2, 4)
-    with step.use_backend("masked_linear=triton"), pytest.raises(step.BackendError, match="no triton"):
+    with (
+        step.use_backend("masked_linear=triton"),
+        pytest.raises(step.BackendError, match="no triton"),
+    ):
         step.masked_linear(torch.randn(2, 8), w, 2, 4)
     monkeypatch.setenv("STEP_BACKEND", "gpu")
     with pytest.raises(step.BackendError, match="unknown backend 'gpu'"):

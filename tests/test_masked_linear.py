@@ -30,7 +30,7 @@ def test_forward_and_gradients_match_plain_autograd(n, m, bias):
     want = torch.autograd.grad(y_ref, [t for t in (x, w, b) if t is not None], grad)
 
     torch.testing.assert_close(y, y_ref)
-    for g, g_ref in zip(got, want):
+    for g, g_ref in zip(got, want, strict=True):
         torch.testing.assert_close(g, g_ref)
 
 
@@ -63,5 +63,7 @@ def test_only_x_requires_grad():
 
 def test_torch_compile_traces_the_op():
     x, w = torch.randn(4, 16), torch.randn(8, 16)
-    compiled = torch.compile(lambda a, b: step.masked_linear(a, b, 2, 4), backend="eager", fullgraph=True)
+    compiled = torch.compile(
+        lambda a, b: step.masked_linear(a, b, 2, 4), backend="eager", fullgraph=True
+    )
     torch.testing.assert_close(compiled(x, w), step.masked_linear(x, w, 2, 4))

@@ -111,7 +111,9 @@ def weights_and_ratio(draw):
     dtype = draw(st.sampled_from(DTYPES))
     pool = draw(
         st.lists(
-            st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.25, 3.0, -3.0, 1e-3, float("inf"), float("nan")]),
+            st.sampled_from(
+                [0.0, -0.0, 1.0, -1.0, 0.25, 3.0, -3.0, 1e-3, float("inf"), float("nan")]
+            ),
             min_size=1,
             max_size=5,
         )

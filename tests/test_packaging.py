@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-import step
 from step.cuda_sources import cuda_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +58,8 @@ def test_wheel_imports_from_outside_the_source_tree(wheel, tmp_path):
         f"root = pathlib.Path({str(target)!r}).resolve();"
         "assert pathlib.Path(step.__file__).resolve().is_relative_to(root), step.__file__;"
         "assert pathlib.Path(step.kernels.__file__).resolve().is_relative_to(root);"
-        "srcs = s.cuda_sources(); assert srcs and all(p.resolve().is_relative_to(root) for p in srcs);"
+        "srcs = s.cuda_sources(); assert srcs, 'no CUDA sources found';"
+        "assert all(p.resolve().is_relative_to(root) for p in srcs), srcs;"
         "import torch; w = torch.randn(4, 8); assert step.nm_mask(w).sum() == 8;"
         "print('ok', len(srcs))"
     )

@@ -35,7 +35,9 @@ def test_triton_within_tolerance_rule(device, dtype, tokens, bias, n_out, k):
         y = step.sparse24_linear(x, values, meta, b)
     assert y.shape == (*tokens, n_out) and y.dtype == dtype
     assert torch.isfinite(y).all()
-    assert_within_tolerance_rule(y, sparse24_linear_ref(x, values, meta, b), fp64_result(x, values, meta, b))
+    assert_within_tolerance_rule(
+        y, sparse24_linear_ref(x, values, meta, b), fp64_result(x, values, meta, b)
+    )
 
 
 @pytest.mark.gpu
@@ -45,7 +47,9 @@ def test_triton_real_sizes_on_gpu(dtype, tokens):
     x, values, meta, b = case(4096, 4096, (tokens,), dtype, "cuda", True)
     with step.use_backend("triton"):
         y = step.sparse24_linear(x, values, meta, b)
-    assert_within_tolerance_rule(y, sparse24_linear_ref(x, values, meta, b), fp64_result(x, values, meta, b))
+    assert_within_tolerance_rule(
+        y, sparse24_linear_ref(x, values, meta, b), fp64_result(x, values, meta, b)
+    )
 
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])

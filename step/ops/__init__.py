@@ -6,7 +6,13 @@ fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 
 from .dispatch import BackendError, BackendStatus, backends, use_backend
 from .masked_linear import masked_linear, masked_linear_ref
-from .nm_compress import NMCompressed, nm_compress, nm_compress_ref, nm_decompress, nm_decompress_ref
+from .nm_compress import (
+    NMCompressed,
+    nm_compress,
+    nm_compress_ref,
+    nm_decompress,
+    nm_decompress_ref,
+)
 from .nm_mask import nm_mask, nm_mask_ref
 from .sparse24 import (
     cutlass_meta_offsets_ref,

@@ -155,7 +155,9 @@ def backend_status(backend: str, device: torch.device | str | None = None) -> Ba
             return BackendStatus(backend, False, mode_problem)
         if dev.type == "cpu":
             if triton_interpreting():
-                return BackendStatus(backend, True, "Triton interpreter on CPU (TRITON_INTERPRET=1)")
+                return BackendStatus(
+                    backend, True, "Triton interpreter on CPU (TRITON_INTERPRET=1)"
+                )
             return BackendStatus(
                 backend, False, "CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1"
             )

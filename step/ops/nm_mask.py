@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ._triton import triton_launcher
 from .checks import check_groups, check_nm, check_tensor
 from .dispatch import choose, register
-from ._triton import triton_launcher
 
 
 def nm_mask_ref(w: torch.Tensor, n: int, m: int) -> torch.Tensor:

@@ -29,7 +29,9 @@ COL_MULTIPLE = 64
 _NIBBLE_SHIFTS = (0, 4, 8, 12)
 
 
-def cutlass_meta_offsets_ref(rows: int, cols: int, device: torch.device | str = "cpu") -> torch.Tensor:
+def cutlass_meta_offsets_ref(
+    rows: int, cols: int, device: torch.device | str = "cpu"
+) -> torch.Tensor:
     """Offsets in the reordered meta buffer of the logical words ``(r, c)``, row-major.
 
     Returns int64 ``[rows * cols]``: word ``(r, c)`` of the logical ``[rows, cols]``
