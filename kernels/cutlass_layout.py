@@ -9,6 +9,7 @@ of 32, 2x2 blocks of words transposed, then ColumnMajorInterleaved<2>. The refer
 """
 
 import triton
+import triton.language as tl  # noqa: F401  (the interpreter needs tl in a jit function's globals)
 
 
 @triton.jit

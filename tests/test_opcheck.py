@@ -37,3 +37,18 @@ def test_opcheck(op, backend):
         pytest.skip(f"step::{op} has no {backend} implementation yet (has {implemented})")
     with step.use_backend(f"{op}={backend}"):
         torch.library.opcheck(getattr(torch.ops.step, op), samples()[op])
+
+
+def test_torch_compile_fullgraph_through_the_ops():
+    """Fake kernels let torch.compile trace every op with no graph break."""
+
+    def pipeline(w, x):
+        values, meta = step.to_sparse24(w)
+        mask = step.nm_mask(w, 2, 4)
+        return step.sparse24_linear(x, values, meta), mask, step.from_sparse24(values, meta)
+
+    w = torch.randn(64, 128, dtype=torch.float16)
+    x = torch.randn(5, 128, dtype=torch.float16)
+    compiled = torch.compile(pipeline, backend="aot_eager", fullgraph=True)
+    for got, want in zip(compiled(w, x), pipeline(w, x), strict=True):
+        torch.testing.assert_close(got, want)
