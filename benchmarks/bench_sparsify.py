@@ -15,8 +15,8 @@ For one shape and dtype, the copy and all ops take turns rep by rep (round-robin
 ``--warmup`` calls of each, so drift of the machine during the run hits all alike; the
 statistic is the median over ``--reps``. CUDA: CUDA events around each call, L2 flushed
 before every call by writing a 256 MiB buffer. CPU: ``time.perf_counter`` around each
-call, caches not flushed (CPU numbers time the reference implementation; they are no GPU
-prediction).
+call, caches not flushed, one thread unless ``--threads`` says otherwise (CPU numbers time
+the reference implementation; they are no GPU prediction).
 
 Before timing, every (op, backend) output is checked once: the mask has exactly 2 True per
 group of 4 and equals the reference mask; ``from_sparse24(to_sparse24(w))`` equals
@@ -102,7 +102,7 @@ def time_interleaved(
     if flush is None:
         times: list[list[float]] = [[] for _ in fns]
         for _ in range(reps):
-            for fn, fn_times in zip(fns, times):
+            for fn, fn_times in zip(fns, times, strict=True):
                 t0 = time.perf_counter()
                 fn()
                 fn_times.append((time.perf_counter() - t0) * 1e3)
@@ -116,7 +116,7 @@ def time_interleaved(
         for _ in fns
     ]
     for rep in range(reps):
-        for fn, fn_events in zip(fns, events):
+        for fn, fn_events in zip(fns, events, strict=True):
             start, end = fn_events[rep]
             flush.zero_()
             start.record()
@@ -265,12 +265,15 @@ def header(device: torch.device, args: argparse.Namespace, now: datetime.datetim
 # ---------------------------------------------------------------- the run
 
 
-def parse_shape(text: str) -> tuple[int, int]:
-    """``"4096x11008"`` -> ``(4096, 11008)``."""
-    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", text)
-    if not match:
-        raise argparse.ArgumentTypeError(f"shape {text!r}: expected ROWSxK, e.g. 4096x11008")
-    return int(match.group(1)), int(match.group(2))
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"8192x8192,4096x11008"`` -> ``[(8192, 8192), (4096, 11008)]``."""
+    shapes = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", item)
+        if not match:
+            raise argparse.ArgumentTypeError(f"shape {item!r}: expected ROWSxK, e.g. 4096x11008")
+        shapes.append((int(match.group(1)), int(match.group(2))))
+    return shapes
 
 
 def record(
@@ -340,7 +343,7 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object
                     cases.append((op, backend, resolved_backend(op, backend, w)))
             fns = [call_with(op, backend, w) for op, backend, _ in cases]
             times = time_interleaved(fns, args.reps, args.warmup, flush)
-            measured = [record(*case, w, t) for case, t in zip(cases, times)]
+            measured = [record(*case, w, t) for case, t in zip(cases, times, strict=True)]
             copy_gbps = measured[0]["gbps"]
             for rec in measured:
                 rec["ratio_to_copy"] = rec["gbps"] / copy_gbps
@@ -368,9 +371,8 @@ def markdown(head: dict, records: list[dict[str, object]]) -> str:
         shape = f"{r['rows']}x{r['k']}"
         backend = str(r["backend"])
         if "skipped" in r:
-            lines.append(
-                f"| {shape} | {r['dtype']} | {r['op']} | {backend} | skipped: {r['skipped']} | | | |"
-            )
+            skip = f"skipped: {r['skipped']}"
+            lines.append(f"| {shape} | {r['dtype']} | {r['op']} | {backend} | {skip} | | | |")
             continue
         if r["backend"] == "auto":
             backend = f"auto ({r['resolved_backend']})"
@@ -399,6 +401,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     )
     parser.add_argument(
         "--shapes",
+        type=parse_shapes,
         default=None,
         help=f"comma-separated ROWSxK (default cuda: {CUDA_SHAPES}; cpu: {CPU_SHAPES})",
     )
@@ -412,7 +415,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
         default=None,
         help="comma-separated from auto,"
         + ",".join(BACKENDS)
-        + " (default cuda: auto,triton,reference; cpu: reference)",
+        + " (default cuda: auto,cuda,triton,reference; cpu: reference)",
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
     parser.add_argument(
@@ -420,6 +423,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     )
     parser.add_argument(
         "--warmup", type=int, default=None, help="warm-up calls (default cuda 10, cpu 3)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU only: torch.set_num_threads (default 1, for repeatable numbers; "
+        "0 keeps PyTorch's default)",
     )
     args = parser.parse_args(argv)
 
@@ -432,24 +442,23 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
             "Run on a GPU machine, or use --device cpu."
         )
     on_gpu = args.device == "cuda"
-    args.shapes = [
-        parse_shape(s) for s in (args.shapes or (CUDA_SHAPES if on_gpu else CPU_SHAPES)).split(",")
-    ]
+    if args.shapes is None:
+        args.shapes = parse_shapes(CUDA_SHAPES if on_gpu else CPU_SHAPES)
     args.dtypes = [d.strip() for d in args.dtypes.split(",")]
     for name in args.dtypes:
         if name not in ("float16", "bfloat16", "float32"):
             parser.error(f"--dtypes: {name!r} is not one of float16, bfloat16, float32")
-    args.backends = [
-        b.strip()
-        for b in (args.backends or ("auto,triton,reference" if on_gpu else "reference")).split(",")
-    ]
+    default_backends = "auto,cuda,triton,reference" if on_gpu else "reference"
+    args.backends = [b.strip() for b in (args.backends or default_backends).split(",")]
     for name in args.backends:
         if name != "auto" and name not in BACKENDS:
             parser.error(f"--backends: {name!r} is not one of auto, {', '.join(BACKENDS)}")
     args.reps = args.reps if args.reps is not None else (100 if on_gpu else 20)
     args.warmup = args.warmup if args.warmup is not None else (10 if on_gpu else 3)
-    if args.reps < 1 or args.warmup < 0:
-        parser.error("--reps must be >= 1 and --warmup >= 0")
+    if args.reps < 1 or args.warmup < 0 or args.threads < 0:
+        parser.error("--reps must be >= 1, --warmup >= 0 and --threads >= 0")
+    if not on_gpu and args.threads:
+        torch.set_num_threads(args.threads)
     return args, torch.device(args.device)
 
 
