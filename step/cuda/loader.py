@@ -56,15 +56,15 @@ def module_source(filename: str) -> str:
     """Source of ``csrc/<filename>`` as compiled.
 
     CuPy's disk cache is keyed on the source text and options only, not on the headers
-    the source includes, so a digest of every header is prepended to the text: editing a
-    ``.cuh`` then recompiles.
+    the source includes, so a digest of every header is appended to the text (at the end,
+    so that compiler messages keep their line numbers): editing a ``.cuh`` then recompiles.
     """
     src_dir = csrc_dir()
     digest = hashlib.sha256()
     for header in sorted([*src_dir.glob("*.cuh"), *src_dir.glob("*.h")]):
         digest.update(header.name.encode() + b"\0" + header.read_bytes())
     code = (src_dir / filename).read_text()
-    return f'// step csrc headers: {digest.hexdigest()}\n#line 1 "{filename}"\n{code}'
+    return f"{code.rstrip()}\n// step csrc headers: {digest.hexdigest()}\n"
 
 
 @functools.cache

@@ -4,6 +4,7 @@ Each op module holds the op's pure-PyTorch reference (``*_ref``), its input chec
 fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
+from . import sparse24_cuda  # noqa: F401  (registers the CUDA backend)
 from .dispatch import BackendError, BackendStatus, backends, use_backend
 from .masked_linear import masked_linear, masked_linear_ref
 from .nm_compress import (
