@@ -265,16 +265,20 @@ def test_meta_offsets_on_host_match_reference(harness, shape):
     assert torch.equal(got, cutlass_meta_offsets_ref(rows, k // 16))
 
 
+def weights_of_kind(shape, dtype, kind):
+    """``kind``: "random", "ties" (few distinct values) or "special" (zeros, inf, NaN...)."""
+    if kind == "special":
+        return special_weights(*shape, dtype)
+    return random_weights(shape, dtype, ties=kind == "ties")
+
+
 @pytest.mark.parametrize("shift", [0, 1], ids=["aligned", "misaligned"])
 @pytest.mark.parametrize("kind", ["random", "ties", "special"])
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
 @pytest.mark.parametrize("shape", HOST_SHAPES)
 def test_kernel_words_on_host_match_reference(harness, shape, dtype, kind, shift):
     rows, k = shape
-    if kind == "special":
-        w = special_weights(rows, k, dtype)
-    else:
-        w = random_weights(shape, dtype, ties=kind == "ties")
+    w = weights_of_kind(shape, dtype, kind)
     values, meta = to_sparse24_ref(w)
     got_values, got_meta = run_harness(harness, True, shift, rows, k, INF_BITS[dtype], [w])
     assert torch.equal(got_values, bits(values).reshape(-1))
@@ -295,10 +299,7 @@ GPU_SHAPES = [(32, 64), (64, 128), (96, 320), (4096, 4096)]
 @pytest.mark.parametrize("shape", GPU_SHAPES)
 def test_cuda_matches_reference(shape, dtype, kind):
     rows, k = shape
-    if kind == "special":
-        w = special_weights(rows, k, dtype)
-    else:
-        w = random_weights(shape, dtype, ties=kind == "ties")
+    w = weights_of_kind(shape, dtype, kind)
     values, meta = to_sparse24_ref(w)
     with step.use_backend("cuda"):
         got_values, got_meta = step.to_sparse24(w.cuda())
