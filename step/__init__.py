@@ -11,6 +11,7 @@ Public API (stable names):
     step.backends(device=None)       which backends can run, and why not
 """
 
+from . import nn, optim
 from ._version import __version__
 from .ops import (
     BackendError,
@@ -29,6 +30,8 @@ from .ops import (
 
 __all__ = [
     "__version__",
+    "nn",
+    "optim",
     "BackendError",
     "BackendStatus",
     "NMCompressed",

@@ -5,6 +5,7 @@ fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
 from . import sparse24_cuda  # noqa: F401  (registers the CUDA backend)
+from .adam_update import adam_update, adam_update_ref
 from .dispatch import BackendError, BackendStatus, backends, use_backend
 from .masked_linear import masked_linear, masked_linear_ref
 from .nm_compress import (
@@ -25,6 +26,7 @@ from .sparse24 import (
 from .sparse24_linear import sparse24_linear, sparse24_linear_ref
 
 OPS = (
+    "adam_update",
     "nm_mask",
     "nm_compress",
     "nm_decompress",
@@ -36,6 +38,8 @@ OPS = (
 """Names of the ``step::`` ops (``torch.ops.step.<name>``)."""
 
 __all__ = [
+    "adam_update",
+    "adam_update_ref",
     "OPS",
     "BackendError",
     "BackendStatus",

@@ -1,0 +1,195 @@
+"""The training recipes for N:M sparse weights, all on the same fused AdamW engine.
+
+``STEP``   precondition (dense AdamW) until AutoSwitch fires, then frozen v, masked (STE)
+           forward and the SR-STE term. The recipe this package exists for.
+``SRSTE``  masked STE forward and SR-STE term from step 1; v keeps updating.
+``ASP``    dense AdamW until ``prune_at``, a one-shot magnitude prune to N:M, then the
+           mask fixed (pruned weights stay zero, their gradients are masked).
+``DenseAdamW``  AdamW with no masks: the dense baseline on the same layers.
+
+``make(recipe, params, **kwargs)`` builds one by name.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..nn.sparsity import sparsity_of
+from ..ops.nm_mask import nm_mask
+from .autoswitch import AutoSwitch
+from .nm_adamw import NMAdamW, _local
+
+PHASES = ("precondition", "mask_learning")
+
+
+def _reduce_stats(stats: list[torch.Tensor]) -> tuple[float, float]:
+    """Means of |dv| and v over every sparse element, summed across ranks if distributed."""
+    total = torch.stack(stats).sum(0)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    dv_sum, v_sum, count = total.tolist()
+    return dv_sum / count, v_sum / count
+
+
+class STEP(NMAdamW):
+    """STEP: Adam-aware N:M mask learning (``../shared/STEP_ALGORITHM.md``).
+
+    Args:
+        params: parameters or param groups; sparse ones are recognised from sparse layers
+            (``step.nn.SparseLinear``) or from groups with ``nm=(n, m)``.
+        lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled decay).
+        srste_decay: ``lambda_w`` of the SR-STE term in the mask-learning phase (0: STE).
+        autoswitch: an :class:`AutoSwitch`, an ``int`` (switch at the end of that step),
+            or None (``AutoSwitch()``: the scale-free plateau criterion, no cap).
+
+    Properties ``phase`` (``"precondition"`` / ``"mask_learning"``) and ``switch_step``.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        srste_decay: float = 2e-4,
+        autoswitch: AutoSwitch | int | None = None,
+    ) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, srste_decay)
+        if isinstance(autoswitch, bool) or not isinstance(autoswitch, AutoSwitch | int | None):
+            raise ValueError(f"autoswitch must be an AutoSwitch, an int step or None, got {autoswitch!r}")
+        if isinstance(autoswitch, int):
+            if autoswitch < 1:
+                raise ValueError(f"a fixed switch step must be >= 1, got {autoswitch}")
+            autoswitch = AutoSwitch(t_min=autoswitch, t_max=autoswitch)
+        self.autoswitch = autoswitch if autoswitch is not None else AutoSwitch()
+        self.autoswitch.attach(self.defaults["betas"][1])
+        self.state["recipe"].update(phase="precondition", switch_step=None)
+        self._set_modes("dense")
+
+    @property
+    def phase(self) -> str:
+        return self.state["recipe"]["phase"]
+
+    @property
+    def switch_step(self) -> int | None:
+        """The step at whose end v was frozen (None before the switch)."""
+        return self.state["recipe"]["switch_step"]
+
+    def _update_sparse(self, group, params, t):
+        if self.phase == "precondition":
+            return self._adam(group, params, want_z=True)
+        self._adam(group, params, update_v=False, srste_decay=group["srste_decay"])
+        return None
+
+    def _after_step(self, t, stats):
+        if self.phase != "precondition" or not stats:
+            return
+        z, v = _reduce_stats(stats)
+        if self.autoswitch.observe(t, z, v):
+            self.switch_now()
+
+    def switch_now(self) -> None:
+        """End the precondition phase now (AutoSwitch calls this; so may a user)."""
+        if self.phase != "precondition":
+            raise RuntimeError(f"STEP already switched at step {self.switch_step}")
+        recipe = self.state["recipe"]
+        recipe.update(phase="mask_learning", switch_step=recipe["t"])
+        if not self.autoswitch.switched:
+            self.autoswitch.switch_step = recipe["t"]
+        for p in self.sparse_params():
+            state = self.state[p]
+            state["v_step"] = state.get("step", 0)  # v* = v_{t0}: simply never written again
+        self._set_modes("ste")
+
+    def _save_recipe_state(self, recipe):
+        recipe["autoswitch"] = self.autoswitch.state_dict()
+
+    def _load_recipe_state(self, recipe):
+        self.autoswitch.load_state_dict(recipe["autoswitch"])
+        self._set_modes("ste" if recipe["phase"] == "mask_learning" else "dense")
+
+
+class SRSTE(NMAdamW):
+    """SR-STE (Zhou et al., 2021) under AdamW: masked STE forward and the SR-STE term
+    from step 1, v updating throughout."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 srste_decay=2e-4) -> None:  # fmt: skip
+        super().__init__(params, lr, betas, eps, weight_decay, srste_decay)
+        self._set_modes("ste")
+
+    def _update_sparse(self, group, params, t):
+        self._adam(group, params, srste_decay=group["srste_decay"])
+
+    def _load_recipe_state(self, recipe):
+        self._set_modes("ste")
+
+
+class ASP(NMAdamW):
+    """ASP's from-scratch budget variant: dense AdamW, a one-shot magnitude prune to N:M
+    at the end of step ``prune_at``, then training with the mask fixed.
+
+    ``prune_at``: a step count (int) or a fraction of ``total_steps`` (float in (0, 1]).
+    """
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
+                 prune_at: int | float = 0.5, total_steps: int | None = None) -> None:  # fmt: skip
+        super().__init__(params, lr, betas, eps, weight_decay, srste_decay=0.0)
+        if isinstance(prune_at, float):
+            if not 0.0 < prune_at <= 1.0 or total_steps is None:
+                raise ValueError("prune_at as a fraction needs 0 < prune_at <= 1 and total_steps")
+            prune_at = max(1, round(prune_at * total_steps))
+        if isinstance(prune_at, bool) or not isinstance(prune_at, int) or prune_at < 1:
+            raise ValueError(f"prune_at must be a step >= 1 or a fraction, got {prune_at!r}")
+        self.state["recipe"].update(prune_at=prune_at)
+        self._set_modes("dense")
+
+    @property
+    def pruned(self) -> bool:
+        return self.t >= self.state["recipe"]["prune_at"]
+
+    def _update_sparse(self, group, params, t):
+        if not self.pruned or t == self.state["recipe"]["prune_at"]:
+            self._adam(group, params)
+            return
+        masks = [sparsity_of(p).mask for p in params]
+        grads = [torch.where(mask, _local(p.grad), 0) for p, mask in zip(params, masks, strict=True)]
+        self._adam(group, params, grads=grads)
+        for p, mask in zip(params, masks, strict=True):
+            _local(p).masked_fill_(~mask, 0)
+
+    def _after_step(self, t, stats):
+        if t == self.state["recipe"]["prune_at"]:
+            self._prune()
+
+    def _prune(self) -> None:
+        for p in self.sparse_params():
+            s = sparsity_of(p)
+            mask = nm_mask(_local(p).detach(), s.n, s.m)
+            _local(p).masked_fill_(~mask, 0)
+            self.state[p]["mask"] = mask
+            s.set_mode("fixed", mask)
+
+    def _load_recipe_state(self, recipe):
+        for p in self.sparse_params():
+            mask = self.state[p].get("mask")
+            sparsity_of(p).set_mode("dense" if mask is None else "fixed", mask)
+
+
+class DenseAdamW(NMAdamW):
+    """AdamW without masks on the same layers and engine: the dense baseline."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> None:
+        super().__init__(params, lr, betas, eps, weight_decay, srste_decay=0.0)
+        self._set_modes("dense")
+
+
+RECIPES = {"step": STEP, "srste": SRSTE, "asp": ASP, "dense": DenseAdamW}
+
+
+def make(recipe: str, params, **kwargs) -> NMAdamW:
+    """Build a recipe's optimizer by name: ``"step"``, ``"srste"``, ``"asp"``, ``"dense"``."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    return RECIPES[recipe](params, **kwargs)
