@@ -24,7 +24,6 @@ The reference uses ``torch._foreach_*`` ops in the same order as
 
 from __future__ import annotations
 
-
 import torch
 
 from ._triton import triton_launcher

@@ -94,7 +94,9 @@ class AutoSwitch:
         total_steps: int | None = None,
     ) -> None:
         if criterion not in CRITERIA:
-            raise ValueError(f"unknown AutoSwitch criterion {criterion!r}; choose one of {CRITERIA}")
+            raise ValueError(
+                f"unknown AutoSwitch criterion {criterion!r}; choose one of {CRITERIA}"
+            )
         if threshold is None:
             if criterion not in DEFAULT_THRESHOLD:
                 raise ValueError(
@@ -107,7 +109,9 @@ class AutoSwitch:
             raise ValueError(f"threshold must be > 0, got {threshold}")
         if total_steps is not None and (isinstance(total_steps, bool) or total_steps < 1):
             raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+        if window is not None and (
+            isinstance(window, bool) or not isinstance(window, int) or window < 1
+        ):
             raise ValueError(f"window must be a positive int, got {window!r}")
         self.criterion = criterion
         self.threshold = float(threshold)
@@ -123,7 +127,9 @@ class AutoSwitch:
 
     def _steps(self, value: int | float, name: str) -> int:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(f"{name} must be a step count (int) or a fraction (float), got {value!r}")
+            raise ValueError(
+                f"{name} must be a step count (int) or a fraction (float), got {value!r}"
+            )
         if isinstance(value, int):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0, got {value}")

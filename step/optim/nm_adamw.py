@@ -203,4 +203,3 @@ class NMAdamW(torch.optim.Optimizer):
 
     def _load_recipe_state(self, recipe: dict) -> None:
         """Restore the recipe (and the layers' forward modes) from ``recipe``."""
-

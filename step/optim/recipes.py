@@ -57,7 +57,9 @@ class STEP(NMAdamW):
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, srste_decay)
         if isinstance(autoswitch, bool) or not isinstance(autoswitch, AutoSwitch | int | None):
-            raise ValueError(f"autoswitch must be an AutoSwitch, an int step or None, got {autoswitch!r}")
+            raise ValueError(
+                f"autoswitch must be an AutoSwitch, an int step or None, got {autoswitch!r}"
+            )
         if isinstance(autoswitch, int):
             if autoswitch < 1:
                 raise ValueError(f"a fixed switch step must be >= 1, got {autoswitch}")
@@ -154,7 +156,9 @@ class ASP(NMAdamW):
             self._adam(group, params)
             return
         masks = [sparsity_of(p).mask for p in params]
-        grads = [torch.where(mask, _local(p.grad), 0) for p, mask in zip(params, masks, strict=True)]
+        grads = [
+            torch.where(mask, _local(p.grad), 0) for p, mask in zip(params, masks, strict=True)
+        ]
         self._adam(group, params, grads=grads)
         for p, mask in zip(params, masks, strict=True):
             _local(p).masked_fill_(~mask, 0)
