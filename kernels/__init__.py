@@ -12,6 +12,7 @@ import os
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+from .adam_update import adam_update_triton  # noqa: E402
 from .nm_compress import nm_compress_triton, nm_decompress_triton  # noqa: E402
 from .nm_mask import nm_mask_triton  # noqa: E402
 from .sparse24_linear import sparse24_linear_triton  # noqa: E402
@@ -25,4 +26,5 @@ __all__ = [
     "to_sparse24_triton",
     "from_sparse24_triton",
     "sparse24_linear_triton",
+    "adam_update_triton",
 ]

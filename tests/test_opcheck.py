@@ -14,7 +14,12 @@ def samples():
     x = torch.randn(3, 128, dtype=torch.float16)
     xf = torch.randn(2, 3, 16, requires_grad=True)
     wf = torch.randn(8, 16, requires_grad=True)
+    ps = [torch.randn(8, 16), torch.randn(4, 12)]
+    states = ([torch.randn_like(p) for p in ps] for _ in range(2))
+    adam = (ps, *states, [torch.rand_like(p) for p in ps],
+            1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 2, False, 2e-4, 2, 4, True)  # fmt: skip
     return {
+        "adam_update": adam,
         "nm_mask": (torch.randn(4, 16), 2, 4),
         "nm_compress": (torch.randn(2, 3, 16, dtype=torch.bfloat16), 1, 8),
         "nm_decompress": (c.values, c.indices, 2, 6),

@@ -1,0 +1,217 @@
+"""Fused multi-tensor AdamW / STEP step: one kernel launch per param dtype.
+
+Reference: ``step.ops.adam_update.adam_update_ref`` (same arguments, same semantics).
+
+Every tensor is cut into chunks of ``BG`` groups of ``M`` elements (flat index
+``group * M + lane``); a chunk table ``[programs, 2]`` (tensor index, first group) sends
+each program to one chunk of one tensor, and pointer tables (int64 ``data_ptr()``s) let
+one launch reach every tensor. With the SR-STE term, ``M`` is the N:M group size and each
+program computes its groups' masks in registers from the bits of ``p`` (bit-identical to
+``step.nm_mask``); without it ``M`` is a fixed small width and groups mean nothing.
+
+Params/grads are loaded as raw bits and widened to float32 exactly; all arithmetic is
+float32; bf16 is rounded back to nearest-even with integer ops because the Triton
+interpreter truncates on ``.to(tl.bfloat16)``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .nm_select import group_block, keep_top_n, magnitude_constants, magnitude_key
+
+_BITS = {torch.float32: tl.int32, torch.float16: tl.int16, torch.bfloat16: tl.int16}
+_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_PLAIN_M, _PLAIN_BG = 4, 512  # layout without a mask: 2048 elements per program
+
+
+@triton.jit
+def _widen(bits, KIND: tl.constexpr):
+    """Raw bits (int32 for fp32, int16 for fp16/bf16) -> float32, exactly."""
+    if KIND == 0:
+        return bits.to(tl.float32, bitcast=True)
+    elif KIND == 1:
+        return bits.to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _narrow(x, KIND: tl.constexpr):
+    """float32 -> raw bits of the param dtype, rounded to nearest even (NaN -> 0x7FC0 for
+    bf16, as PyTorch does)."""
+    if KIND == 0:
+        return x.to(tl.int32, bitcast=True)
+    elif KIND == 1:
+        return x.to(tl.float16).to(tl.int16, bitcast=True)
+    else:
+        u = x.to(tl.uint32, bitcast=True)
+        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        return tl.where(x != x, 0x7FC0, rounded.to(tl.int32)).to(tl.int16)
+
+
+@triton.jit
+def _adam_kernel(
+    p_tab, g_tab, m_tab, v_tab, numels, chunks, partials,
+    lerp_w, beta2, one_minus_b2, decay, step_size, sqrt_bc2, eps, srste,
+    N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr,
+    BITS: tl.constexpr, KIND: tl.constexpr, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr,
+    MASKED: tl.constexpr, UPDATE_V: tl.constexpr, WANT_Z: tl.constexpr,
+):  # fmt: skip
+    pid = tl.program_id(0)
+    t = tl.load(chunks + 2 * pid)
+    first = tl.load(chunks + 2 * pid + 1)
+    numel = tl.load(numels + t)
+    p_ptr = tl.load(p_tab + t).to(tl.pointer_type(BITS))
+    g_ptr = tl.load(g_tab + t).to(tl.pointer_type(BITS))
+    m_ptr = tl.load(m_tab + t).to(tl.pointer_type(tl.float32))
+    v_ptr = tl.load(v_tab + t).to(tl.pointer_type(tl.float32))
+
+    groups = first + tl.arange(0, BG)
+    lane = tl.arange(0, MP)
+    offs = groups[:, None] * M + lane[None, :]
+    valid = (lane[None, :] < M) & (offs < numel)
+    bits = tl.load(p_ptr + offs, mask=valid, other=0)
+    p = _widen(bits, KIND)
+    g = _widen(tl.load(g_ptr + offs, mask=valid, other=0), KIND)
+    m = tl.load(m_ptr + offs, mask=valid, other=0.0)
+    v = tl.load(v_ptr + offs, mask=valid, other=0.0)
+
+    if MASKED:
+        kept = keep_top_n(magnitude_key(bits, valid, ABS_MASK, INF_BITS), N, MP)
+        g = g + srste * tl.where(kept, 0.0, p)  # where, not (1-mask)*p: kept inf gives 0
+    # torch.lerp's two formulas, so exp_avg follows the reference's rounding
+    d = g - m
+    m = tl.where(lerp_w < 0.5, m + lerp_w * d, g - d * (1.0 - lerp_w))
+    tl.store(m_ptr + offs, m, mask=valid)
+    if UPDATE_V:
+        # v_new - v_old == (1-b2)*(g^2 - v_old); this form avoids the cancellation
+        dv = tl.abs(g * g - v) * one_minus_b2
+        v = v * beta2 + one_minus_b2 * g * g
+        tl.store(v_ptr + offs, v, mask=valid)
+        if WANT_Z:
+            tl.store(partials + 2 * pid, tl.sum(tl.where(valid, dv, 0.0)))
+            tl.store(partials + 2 * pid + 1, tl.sum(tl.where(valid, v, 0.0)))
+    p = p * decay
+    denom = tl.div_rn(tl.sqrt_rn(v), sqrt_bc2) + eps
+    p = p + tl.div_rn(step_size * m, denom)
+    tl.store(p_ptr + offs, _narrow(p, KIND), mask=valid)
+
+
+class _Tables:
+    """Device tables for one list of (param, exp_avg, exp_avg_sq) at fixed addresses."""
+
+    def __init__(self, params, exp_avgs, exp_avg_sqs, m: int, bg: int) -> None:
+        device = params[0].device
+        ptrs = [[t.data_ptr() for t in ts] for ts in (params, exp_avgs, exp_avg_sqs)]
+        self.p, self.m, self.v = torch.tensor(ptrs, dtype=torch.int64, device=device).unbind(0)
+        sizes = torch.tensor([p.numel() for p in params], dtype=torch.int64)
+        self.numels = sizes.to(device)
+        n_chunks = (sizes + m * bg - 1) // (m * bg)
+        tensor = torch.repeat_interleave(torch.arange(len(params)), n_chunks)
+        starts = torch.cumsum(n_chunks, 0) - n_chunks
+        first = (torch.arange(len(tensor)) - starts[tensor]) * bg
+        self.chunks = torch.stack([tensor, first], 1).to(device)
+        self.programs = len(tensor)
+
+
+_CACHE: dict[tuple, _Tables] = {}
+_CACHE_SIZE = 64
+
+
+def _tables(params, exp_avgs, exp_avg_sqs, m: int, bg: int) -> _Tables:
+    # The tables are a pure function of the key, so a reused address is harmless.
+    key = (params[0].device, params[0].dtype, m, bg, *(
+        (p.data_ptr(), a.data_ptr(), s.data_ptr(), p.numel())
+        for p, a, s in zip(params, exp_avgs, exp_avg_sqs, strict=True)
+    ))  # fmt: skip
+    tables = _CACHE.get(key)
+    if tables is None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.clear()
+        tables = _CACHE[key] = _Tables(params, exp_avgs, exp_avg_sqs, m, bg)
+    return tables
+
+
+def adam_update_triton(
+    params: list[torch.Tensor],
+    grads: list[torch.Tensor],
+    exp_avgs: list[torch.Tensor],
+    exp_avg_sqs: list[torch.Tensor],
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+    v_step: int,
+    update_v: bool,
+    srste_decay: float,
+    n: int,
+    m: int,
+    want_z: bool,
+) -> torch.Tensor:
+    """One AdamW/STEP step over many tensors, in place; returns float32 ``[2]``:
+    ``(sum |v_new - v_old|, sum v_new)`` over all elements (zeros unless ``want_z`` and
+    ``update_v``).
+
+    ``params``/``grads``: any shapes, float32/float16/bfloat16 (a grad has its param's
+    dtype); ``exp_avgs``/``exp_avg_sqs``: float32 of the params' shapes. With the SR-STE
+    term (``srste_decay`` and ``n``) the groups of ``m`` run along the last dim. One
+    launch per param dtype; non-contiguous params/states are updated through copies.
+    """
+    masked = bool(srste_decay) and n > 0
+    want_z = want_z and update_v
+    bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
+    scalars = dict(
+        lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
+        step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=float(srste_decay),
+    )  # fmt: skip
+    if masked:
+        mp = triton.next_power_of_2(m)
+        layout = dict(N=n, M=m, MP=mp, BG=group_block(mp))
+    else:
+        layout = dict(N=0, M=_PLAIN_M, MP=_PLAIN_M, BG=_PLAIN_BG)
+
+    by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, p in enumerate(params):
+        if p.numel():
+            by_dtype.setdefault(p.dtype, []).append(i)
+    copies = []  # (original, contiguous working copy) to write back afterwards
+    launches = []
+    for dtype, idx in by_dtype.items():
+        lists = []
+        for tensors in (params, exp_avgs, exp_avg_sqs):
+            work = []
+            for i in idx:
+                t = tensors[i]
+                if not t.is_contiguous():
+                    copies.append((t, t.contiguous()))
+                    t = copies[-1][1]
+                work.append(t)
+            lists.append(work)
+        tables = _tables(*lists, layout["M"], layout["BG"])
+        g_work = [grads[i].contiguous() for i in idx]
+        g_tab = torch.tensor([g.data_ptr() for g in g_work], dtype=torch.int64)
+        launches.append((dtype, tables, g_tab.to(params[0].device, non_blocking=True), g_work))
+
+    total = sum(tables.programs for _, tables, _, _ in launches)
+    # one (sum |dv|, sum v) row per program, reduced here: deterministic, no atomics
+    partials = torch.empty(total if want_z else 1, 2, dtype=torch.float32, device=params[0].device)
+    offset = 0
+    for dtype, tables, g_tab, _ in launches:
+        abs_mask, inf_bits = magnitude_constants(dtype)
+        _adam_kernel[(tables.programs,)](
+            tables.p, g_tab, tables.m, tables.v, tables.numels, tables.chunks,
+            partials[offset:] if want_z else partials, **scalars, **layout,
+            BITS=_BITS[dtype], KIND=_KIND[dtype], ABS_MASK=abs_mask, INF_BITS=inf_bits,
+            MASKED=masked, UPDATE_V=bool(update_v), WANT_Z=want_z,
+        )  # fmt: skip
+        offset += tables.programs
+    for original, work in copies:
+        original.copy_(work)
+    if want_z:
+        return partials.sum(0)
+    return torch.zeros(2, dtype=torch.float32, device=params[0].device)
