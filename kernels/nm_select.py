@@ -7,27 +7,10 @@ sign bit gives an integer whose order is the order of ``|w|``; clamping it at th
 pattern of +inf makes NaN tie with inf, exactly like the reference's ``nan -> inf`` rule.
 """
 
-import torch
 import triton
 import triton.language as tl
 
-_MAGNITUDE = {
-    # dtype: (bit view, mask clearing the sign, bits of +inf)
-    torch.float16: (torch.int16, 0x7FFF, 0x7C00),
-    torch.bfloat16: (torch.int16, 0x7FFF, 0x7F80),
-    torch.float32: (torch.int32, 0x7FFFFFFF, 0x7F800000),
-}
-
-
-def bits_view(t: torch.Tensor) -> torch.Tensor:
-    """The same memory as integers of the same width (no copy)."""
-    return t.view(_MAGNITUDE[t.dtype][0])
-
-
-def magnitude_constants(dtype: torch.dtype) -> tuple[int, int]:
-    """``(abs_mask, inf_bits)`` for the kernels' ``magnitude_key``."""
-    _, abs_mask, inf_bits = _MAGNITUDE[dtype]
-    return abs_mask, inf_bits
+from step.ops.float_bits import bits_view, magnitude_constants  # noqa: F401  (re-exported)
 
 
 def group_block(mp: int, budget: int = 4096) -> int:

@@ -61,7 +61,7 @@ def adam_update_ref(
     if update_v:
         if want_z:  # v_new - v_old = (1-b2) * (g^2 - v_old): no copy of v needed
             for g, v in zip(g32, exp_avg_sqs, strict=True):
-                stats[0] += ((g * g - v).abs() * (1 - beta2)).sum()
+                stats[0] += (g * g - v).abs().sum() * (1 - beta2)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, g32, g32, 1 - beta2)
         if want_z:

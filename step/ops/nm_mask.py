@@ -12,17 +12,36 @@ import torch
 from ._triton import triton_launcher
 from .checks import check_groups, check_nm, check_tensor
 from .dispatch import choose, register
+from .float_bits import MAGNITUDE_BITS
+
+_PAIRWISE_MAX_M = 8  # up to here comparing each pair once beats topk on CPU
 
 
 def nm_mask_ref(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Reference: ``w`` [..., K] (K % m == 0) -> bool mask of the same shape."""
-    groups = w.reshape(-1, m)
-    key = groups.abs().float()  # exact for fp16/bf16: the order of |w| is kept
-    key = torch.where(key.isnan(), float("inf"), key)
-    # A stable descending sort keeps equal keys in index order: ties go to the lower index.
-    keep = torch.sort(key, dim=-1, descending=True, stable=True).indices[:, :n]
+    """Reference: ``w`` [..., K] (K % m == 0) -> bool mask of the same shape.
+
+    Magnitudes are compared as integers: for IEEE floats the sign-cleared bit pattern
+    orders like ``|w|``, and clamping it at +inf's pattern makes NaN tie with inf.
+    Element i beats element j > i when ``key_i >= key_j`` (ties go to the lower index);
+    it is kept when it beats at least ``m - n`` of the others, i.e. exactly the ``n``
+    largest are kept. For larger ``m`` the index is folded into the key's low bits
+    (``31 - index``) so the keys are unique, and topk picks the same ``n``.
+    """
+    view, abs_mask, inf_bits = MAGNITUDE_BITS[w.dtype]
+    groups = w.reshape(-1, m).view(view)
+    if m <= _PAIRWISE_MAX_M:
+        key = (groups.to(torch.int32) & abs_mask).clamp_max_(inf_bits).t().contiguous()
+        wins = torch.zeros(key.shape, dtype=torch.int8, device=w.device)
+        for i in range(m):
+            for j in range(i + 1, m):
+                i_wins = key[i] >= key[j]
+                wins[i] += i_wins
+                wins[j] += ~i_wins
+        return (wins >= m - n).t().reshape(w.shape)
+    magnitude = (groups.to(torch.int64) & abs_mask).clamp_max_(inf_bits)
+    key = (magnitude << 5) | (31 - torch.arange(m, device=w.device))
     mask = torch.zeros(groups.shape, dtype=torch.bool, device=w.device)
-    mask.scatter_(1, keep, True)
+    mask.scatter_(1, key.topk(n, dim=-1, sorted=False).indices, True)
     return mask.view(w.shape)
 
 
