@@ -196,6 +196,16 @@ def plot(results: dict, path: Path) -> None:
                 fontsize=8,
                 ha="right",
             )
+    ax.axhline(paper["threshold"], color="gray", lw=0.8, ls="--")
+    ax.text(
+        cfg["steps"] * 0.98,
+        paper["threshold"],
+        "paper threshold",
+        fontsize=8,
+        color="gray",
+        ha="right",
+        va="bottom",
+    )
     ax.set_yscale("log")
     ax.set_title(
         f"$Z_t$ = mean |$v_t - v_{{t-1}}$| (width {ref_width}, {k}-step mean)", fontsize=10
@@ -203,7 +213,8 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("step")
     ax.legend(
         fontsize=8,
-        loc="center right",
+        loc="center",
+        bbox_to_anchor=(0.55, 0.3),
         title=f"paper thr {paper['threshold']:.2e}",
         title_fontsize=8,
     )
@@ -236,6 +247,7 @@ def plot(results: dict, path: Path) -> None:
                 ax.annotate(
                     f"plateau W={w_main}: {s} (width {run['width']})",
                     (s, 0.97),
+                    backgroundcolor="white",
                     xycoords=("data", "axes fraction"),
                     fontsize=8,
                     ha="left",
@@ -245,7 +257,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title(f"$r_t = Z_t / v_t$ (all runs, {k}-step mean)", fontsize=10)
     ax.set_xlabel("step")
-    ax.legend(fontsize=7, ncol=2, loc="upper right")
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.8))
 
     ax = axes[2]
     for run in runs:
@@ -260,6 +272,18 @@ def plot(results: dict, path: Path) -> None:
             lw=1.2,
             label=label(run),
         )
+    short = min(int(w) for w in runs[0]["plateau_statistic"])
+    if short != w_main:
+        ref = next(r for r in runs if (r["scale"], r["width"]) == (REFERENCE[0], ref_width))
+        stat = ref["plateau_statistic"][str(short)]
+        ax.plot(
+            [t for t, s in zip(ref["step"], stat, strict=True) if s is not None],
+            [s for s in stat if s is not None],
+            color="gray",
+            lw=0.8,
+            alpha=0.7,
+            label=f"{label(ref)}, W={short}",
+        )
     ax.axhline(cfg["plateau_threshold"], color="k", lw=0.9, ls="-.")
     ax.text(
         cfg["steps"],
@@ -270,7 +294,7 @@ def plot(results: dict, path: Path) -> None:
         va="bottom",
     )
     ax.set_xlim(axes[1].get_xlim())
-    ax.set_title(f"plateau statistic, W={w_main}: mean r (last W) / mean r (W before)", fontsize=10)
+    ax.set_title(f"plateau statistic (W={w_main}): mean r over the last W / W before", fontsize=10)
     ax.set_xlabel("step")
     ax.legend(fontsize=7, loc="lower right")
 
@@ -306,6 +330,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=JSON_PATH)
     parser.add_argument("--png", type=Path, default=PNG_PATH)
+    parser.add_argument(
+        "--plot-only", action="store_true", help="redraw the figure from the JSON, no training"
+    )
     args = parser.parse_args()
     if REFERENCE[0] not in args.scales or REFERENCE[1] not in args.widths:
         parser.error(
@@ -315,6 +342,10 @@ def main() -> None:
     if args.main_window not in args.windows:
         args.windows.append(args.main_window)
 
+    if args.plot_only:
+        plot(json.loads(args.json.read_text()), args.png)
+        print(f"wrote {args.png}")
+        return
     torch.set_num_threads(args.threads)
     train_set, test_set = load_mnist(args.seed, n_test=1000)
     beta2 = 0.999
