@@ -226,7 +226,11 @@ def test_deepcopy_keeps_each_layer_its_own_sparsity():
     twin = copy.deepcopy(model)
     assert twin[0].weight.nm_sparsity is twin[0].sparsity
     assert twin[0].sparsity is not model[0].sparsity
-    STEP(twin.parameters(), autoswitch=1).switch_now()
+    twin_opt = STEP(twin.parameters(), autoswitch=1000)
+    x, y = batches(1)[0]
+    loss_fn(twin, x, y).backward()
+    twin_opt.step()
+    twin_opt.switch_now()
     assert (twin[0].sparsity.mode, model[0].sparsity.mode) == ("ste", "dense")
 
 
@@ -255,3 +259,24 @@ def test_bad_sparse_groups():
         SparseLinear(6, 4)
     with pytest.raises(ValueError, match="unknown AutoSwitch criterion"):
         STEP(make_model().parameters(), autoswitch=AutoSwitch(criterion="soon"))
+
+
+def test_switch_needs_a_variance_estimate():
+    model = make_model()
+    opt = STEP(model.parameters(), autoswitch=1000)
+    with pytest.raises(RuntimeError, match="before the first step"):
+        opt.switch_now()
+    # a sparse weight that had no gradient during the precondition phase
+    x, y = batches(1)[0]
+    model[0].weight.requires_grad_(False)
+    loss_fn(model, x, y).backward()
+    opt.step()
+    opt.switch_now()
+    model[0].weight.requires_grad_(True)
+    opt.zero_grad()
+    loss_fn(model, x, y).backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="first gradient after the switch"):
+        opt.step()
+    assert opt.t == 1  # refused before anything moved
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))

@@ -104,15 +104,18 @@ class NMAdamW(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        recipe = self.state[RECIPE_KEY]
-        recipe["t"] += 1
-        stats = []
+        work = []
         for group in self.param_groups:
             dense, sparse = [], []
             for p in group["params"]:
-                if p.grad is None:
-                    continue
-                (sparse if sparsity_of(p) is not None else dense).append(p)
+                if p.grad is not None:
+                    (sparse if sparsity_of(p) is not None else dense).append(p)
+            work.append((group, dense, sparse))
+        self._check_step([p for _, _, sparse in work for p in sparse])  # before anything moves
+        recipe = self.state[RECIPE_KEY]
+        recipe["t"] += 1
+        stats = []
+        for group, dense, sparse in work:
             if dense:
                 self._adam(group, dense)
             if sparse:
@@ -121,6 +124,9 @@ class NMAdamW(torch.optim.Optimizer):
                     stats.append(result)
         self._after_step(recipe["t"], stats)
         return loss
+
+    def _check_step(self, sparse: list[torch.Tensor]) -> None:
+        """Refuse a step the recipe cannot take, before any parameter is updated."""
 
     def _update_sparse(self, group: dict, params: list[torch.Tensor], t: int):
         """Update the sparse ``params`` of ``group`` at step ``t``; may return the summed
@@ -148,7 +154,7 @@ class NMAdamW(torch.optim.Optimizer):
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             state = self.state[p]
-            if not state:
+            if "exp_avg" not in state:
                 local = _local(p)
                 state["step"] = 0
                 state["exp_avg"] = torch.zeros_like(local, dtype=torch.float32)

@@ -84,6 +84,16 @@ class STEP(NMAdamW):
         self._adam(group, params, update_v=False, srste_decay=group["srste_decay"])
         return None
 
+    def _check_step(self, sparse):
+        if self.phase == "mask_learning":
+            for p in sparse:
+                if "v_step" not in self.state[p]:
+                    raise RuntimeError(
+                        f"a sparse parameter of shape {tuple(p.shape)} got its first gradient "
+                        "after the switch: STEP has no variance estimate to freeze for it. "
+                        "Give every sparse parameter gradients during the precondition phase"
+                    )
+
     def _after_step(self, t, stats):
         if self.phase != "precondition" or not stats:
             return
@@ -96,12 +106,15 @@ class STEP(NMAdamW):
         if self.phase != "precondition":
             raise RuntimeError(f"STEP already switched at step {self.switch_step}")
         recipe = self.state["recipe"]
+        if recipe["t"] == 0:
+            raise RuntimeError("switch_now() before the first step: v has no estimate yet")
         recipe.update(phase="mask_learning", switch_step=recipe["t"])
         if not self.autoswitch.switched:
             self.autoswitch.switch_step = recipe["t"]
         for p in self.sparse_params():
             state = self.state[p]
-            state["v_step"] = state.get("step", 0)  # v* = v_{t0}: simply never written again
+            if "step" in state:  # v* = v_{t0}: simply never written again
+                state["v_step"] = state["step"]
         self._set_modes("ste")
 
     def _save_recipe_state(self, recipe):
