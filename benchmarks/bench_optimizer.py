@@ -39,33 +39,20 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import statistics
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
+import _common as common
 import torch
-from bench_sparsify import (
-    L2_FLUSH_BYTES,
-    cpu_name,
-    device_slug,
-    git_state,
-    package_version,
-    time_interleaved,
-)
 
-import step
-from step.ops.dispatch import BACKENDS, backend_status, choose, implementations, use_backend
+from step.ops.dispatch import BACKENDS, use_backend
 from step.optim import STEP, AutoSwitch
 
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
-DEFAULTS = {
-    "cuda": {"width": 1024, "blocks": 8, "reps": 100, "warmup": 10},
-    "cpu": {"width": 256, "blocks": 5, "reps": 20, "warmup": 3},
-}
+DEFAULTS = {"cuda": {"width": 1024, "blocks": 8}, "cpu": {"width": 256, "blocks": 5}}
+"""Default ``--width`` and ``--blocks`` per device type (``--reps``, ``--warmup``: the
+runners' common defaults)."""
+DTYPES = ("float32", "bfloat16", "float16")
+ADAMW_IMPLS = ("fused", "foreach")
 NM = (2, 4)
 LR, WEIGHT_DECAY, SRSTE_DECAY = 1e-3, 0.1, 2e-4
 NEVER = 10**12
@@ -194,19 +181,13 @@ def params_of(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [p for g in opt.param_groups for p in g["params"]]
 
 
-def backend_context(backend: str):
-    """``use_backend`` for ``backend`` (``auto``: automatic choice, whatever
-    ``STEP_BACKEND`` says)."""
-    return use_backend(None if backend == "auto" else backend)
-
-
 def stepper(opt: torch.optim.Optimizer, backend: str | None) -> Callable[[], object]:
     """A no-argument function taking one step of ``opt`` (with ``backend`` forced)."""
     if backend is None:
         return opt.step
 
     def call() -> object:
-        with backend_context(backend):
+        with common.backend_context(backend):
             return opt.step()
 
     return call
@@ -214,22 +195,13 @@ def stepper(opt: torch.optim.Optimizer, backend: str | None) -> Callable[[], obj
 
 def skip_reason(backend: str, device: torch.device) -> str | None:
     """Why STEP cannot (or should not) be timed on ``backend``; None if it can."""
-    if backend == "auto":
-        return None
-    if backend not in implementations("adam_update"):
-        return f"no {backend} implementation of step::adam_update"
-    if backend == "triton" and device.type == "cpu":
-        return "Triton on CPU is the interpreter, a functional emulator: not timed"
-    status = backend_status(backend, device)
-    return None if status.available else status.reason
+    return common.backend_skip_reason(backend, "adam_update", device)
 
 
 def resolved_backend(backend: str, opt: STEP) -> str:
-    if backend != "auto":
-        return backend
+    """The backend that actually runs ``opt``'s update when ``backend`` is requested."""
     params = params_of(opt)
-    with use_backend(None):
-        return choose("adam_update", params[0].device, params)[0]
+    return common.resolve_backend(backend, "adam_update", params[0].device, params)
 
 
 # ---------------------------------------------------------------- checks
@@ -261,7 +233,7 @@ def check_mask_step(opt: STEP, backend: str) -> list[torch.Tensor]:
     m_before = [opt.state[p]["exp_avg"].clone() for p in sparse]
     p_before = [p.detach().clone() for p in sparse]
     dense_v = [opt.state[p]["exp_avg_sq"].clone() for p in opt.param_groups[1]["params"]]
-    with backend_context(backend):
+    with common.backend_context(backend):
         opt.step()
     if opt.phase != "mask_learning":
         raise RuntimeError(f"STEP phase is {opt.phase!r} after switch_now()")
@@ -283,14 +255,14 @@ def prepare(
     (checked) step; ``adamw`` has taken exactly one step. Returns them and the copies of
     the mask-learning optimizer's frozen v."""
     pre = make_step(weights, grads, flags)
-    with backend_context(backend):
+    with common.backend_context(backend):
         pre.step()
     assert_params_close(pre, adamw, f"STEP ({backend}) precondition step vs AdamW")
     sample = pre.autoswitch.history[-1]
     if not (sample.z > 0 and sample.v > 0 and sample.z < float("inf")):
         raise RuntimeError(f"bad AutoSwitch sample after one step: z={sample.z}, v={sample.v}")
     mask = make_step(weights, grads, flags)
-    with backend_context(backend):
+    with common.backend_context(backend):
         mask.step()
     mask.switch_now()
     frozen_v = check_mask_step(mask, backend)
@@ -330,7 +302,6 @@ def record(
     dtype_name: str,
     times: list[float],
 ) -> dict[str, object]:
-    median = statistics.median(times)
     return {
         "case": case,
         "dtype": dtype_name,
@@ -339,11 +310,7 @@ def record(
         "params": n_params,
         "bytes": nbytes,
         "bytes_per_param": nbytes / n_params,
-        "median_ms": median,
-        "min_ms": min(times),
-        "max_ms": max(times),
-        "reps": len(times),
-        "gbps": nbytes / (median * 1e-3) / 1e9,
+        **common.timing_stats(times, nbytes),
         "syncs_to_host": case == "step_precondition",
     }
 
@@ -385,7 +352,7 @@ def run_dtype(
             fns.append(stepper(opt, backend))
     del weights, grads
 
-    times = time_interleaved(fns, args.reps, args.warmup, flush)
+    times = common.time_interleaved(fns, args.reps, args.warmup, flush)
     for check in checks:
         check_after_timing(*check)
     records = [
@@ -430,39 +397,10 @@ def evaluate_targets(device_type: str, records: list[dict[str, object]]) -> list
     return results
 
 
-def header(device: torch.device, args: argparse.Namespace, now: datetime.datetime) -> dict:
-    """Run metadata: device, versions, date, commit, timing method, the weight set."""
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        name = props.name
-        extra = {
-            "compute_capability": f"{props.major}.{props.minor}",
-            "cuda_runtime": torch.version.cuda,
-            "timer": "CUDA events, L2 flushed before each call, cases round-robin",
-            "l2_flush_bytes": L2_FLUSH_BYTES,
-        }
-    else:
-        name = cpu_name()
-        extra = {
-            "torch_threads": torch.get_num_threads(),
-            "timer": "time.perf_counter, cases round-robin",
-        }
+def optimizer_fields(args: argparse.Namespace) -> dict[str, object]:
+    """The header's fields of this benchmark: the weight set, hyperparameters, AdamW(s)."""
     n_sparse, n_dense = args.counts
     return {
-        "benchmark": "optimizer",
-        "device_type": device.type,
-        "device_name": name,
-        "date": now.isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "triton": package_version("triton"),
-        "step": step.__version__,
-        **git_state(),
-        "platform": platform.platform(),
-        "reps": args.reps,
-        "warmup": args.warmup,
-        "statistic": "median",
-        "units": {"time": "ms", "bandwidth": "GB/s (1e9 B/s)", "bytes": "B"},
         "weights": {
             "width": args.width,
             "blocks": args.blocks,
@@ -480,7 +418,6 @@ def header(device: torch.device, args: argparse.Namespace, now: datetime.datetim
             "eps": 1e-8,
         },
         "adamw": args.adamw,
-        **extra,
     }
 
 
@@ -488,16 +425,10 @@ def markdown(head: dict, records: list[dict[str, object]], targets: list[dict]) 
     """The header, a table of ``records`` and the targets, in Markdown."""
     w = head["weights"]
     lines = [
-        f"# optimizer benchmark: {head['device_name']}",
-        "",
-        f"- date: {head['date']}; commit: {head['commit']}"
-        + (" (work tree modified)" if head["dirty"] else ""),
-        f"- torch {head['torch']}, triton {head['triton']}, Python {head['python']}, "
-        f"step {head['step']}"
-        + (f", {head['torch_threads']} CPU thread(s)" if "torch_threads" in head else ""),
+        *common.markdown_intro(head, threads=True),
         f"- weights: {w['blocks']} blocks of d={w['width']}: {w['params']:,} parameters "
         f"({w['sparse_params']:,} sparse 2:4, {w['dense_params']:,} dense)",
-        f"- timer: {head['timer']}; median of {head['reps']} reps after {head['warmup']} warm-up",
+        common.markdown_timer(head),
         "- GB/s = minimal bytes / median time (1 GB = 1e9 B); vs AdamW = AdamW ms / ms "
         "(> 1: faster than AdamW); / copy = GB/s / copy GB/s",
         "- AdamW keeps its states in the parameter dtype (bf16 for bf16 parameters); "
@@ -507,13 +438,11 @@ def markdown(head: dict, records: list[dict[str, object]], targets: list[dict]) 
         "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
-        backend = str(r["backend"])
+        backend = common.backend_label(r)
         if "skipped" in r:
             skip = f"skipped: {r['skipped']}"
             lines.append(f"| {r['dtype']} | {r['case']} | {backend} | {skip} | | | | | |")
             continue
-        if r["backend"] == "auto":
-            backend = f"auto ({r['resolved_backend']})"
         ratio = "" if r["ratio_to_adamw"] is None else f"{r['ratio_to_adamw']:.3g}"
         lines.append(
             f"| {r['dtype']} | {r['case']} | {backend} | {r['median_ms']:.4g} "
@@ -529,12 +458,7 @@ def markdown(head: dict, records: list[dict[str, object]], targets: list[dict]) 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch.device]:
     """Parse the command line and fill device-dependent defaults; refuse CUDA without a GPU."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--device",
-        choices=("cuda", "cpu"),
-        default=None,
-        help="default: cuda if a GPU is visible, else cpu",
-    )
+    common.add_device_arg(parser)
     parser.add_argument(
         "--width", type=int, default=None, help="model width d (default cuda 1024, cpu 256)"
     )
@@ -559,53 +483,22 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
         help="AdamW implementations, comma-separated from fused,foreach; the "
         "first is the baseline of the ratios (default cuda fused, cpu foreach)",
     )
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
-    parser.add_argument(
-        "--reps", type=int, default=None, help="timed reps (default cuda 100, cpu 20)"
-    )
-    parser.add_argument(
-        "--warmup", type=int, default=None, help="warm-up calls (default cuda 10, cpu 3)"
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=1,
-        help="CPU only: torch.set_num_threads (default 1, for repeatable "
-        "numbers; 0 keeps PyTorch's default)",
-    )
+    common.add_run_args(parser)
     args = parser.parse_args(argv)
 
-    if args.device is None:
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error(
-            "--device cuda: no CUDA GPU is visible to PyTorch (torch.cuda.is_available() is "
-            f"False; torch {torch.__version__}, CUDA build: {torch.version.cuda}). "
-            "Run on a GPU machine, or use --device cpu."
-        )
-    defaults = DEFAULTS[args.device]
-    for key in ("width", "blocks", "reps", "warmup"):
+    common.resolve_device(parser, args)
+    for key, value in DEFAULTS[args.device].items():
         if getattr(args, key) is None:
-            setattr(args, key, defaults[key])
+            setattr(args, key, value)
+    common.fill_timing_defaults(args)
     if args.width < NM[1] or args.width % NM[1] or args.blocks < 1:
         parser.error(f"--width must be a positive multiple of {NM[1]} and --blocks >= 1")
-    if args.reps < 1 or args.warmup < 0 or args.threads < 0:
-        parser.error("--reps must be >= 1, --warmup >= 0 and --threads >= 0")
-    args.dtypes = [d.strip() for d in args.dtypes.split(",")]
-    for name in args.dtypes:
-        if name not in ("float32", "bfloat16", "float16"):
-            parser.error(f"--dtypes: {name!r} is not one of float32, bfloat16, float16")
-    args.backends = [b.strip() for b in args.backends.split(",")]
-    for name in args.backends:
-        if name != "auto" and name not in BACKENDS:
-            parser.error(f"--backends: {name!r} is not one of auto, {', '.join(BACKENDS)}")
+    common.check_run_args(parser, args)
+    args.dtypes = common.parse_choices(parser, "--dtypes", args.dtypes, DTYPES)
+    args.backends = common.parse_backends(parser, args.backends)
     default_adamw = "fused" if args.device == "cuda" else "foreach"
-    args.adamw = [a.strip() for a in (args.adamw or default_adamw).split(",")]
-    for name in args.adamw:
-        if name not in ("fused", "foreach"):
-            parser.error(f"--adamw: {name!r} is not one of fused, foreach")
-    if args.device == "cpu" and args.threads:
-        torch.set_num_threads(args.threads)
+    args.adamw = common.parse_choices(parser, "--adamw", args.adamw or default_adamw, ADAMW_IMPLS)
+    common.apply_threads(args)
     args.shapes = weight_shapes(args.width, args.blocks)
     args.counts = param_counts(args.shapes)
     return args, torch.device(args.device)
@@ -620,11 +513,10 @@ def main(argv: list[str] | None = None) -> int:
         f"({n_sparse:,} sparse 2:4, {n_dense:,} dense)",
         flush=True,
     )
-    now = datetime.datetime.now(datetime.timezone.utc).astimezone()
-    head = header(device, args, now)
-    flush = None
-    if device.type == "cuda":
-        flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=device)
+    head = common.header(
+        "optimizer", device, args, common.local_now(), turns="cases", fields=optimizer_fields(args)
+    )
+    flush = common.l2_flush_buffer(device)
     records: list[dict[str, object]] = []
     for dtype_name in args.dtypes:
         records += run_dtype(args, device, dtype_name, flush)
@@ -633,13 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     targets = evaluate_targets(device.type, records)
     table = markdown(head, records, targets)
     print(table)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = args.out / f"optimizer-{device_slug(head)}-{now.date().isoformat()}"
-    Path(f"{stem}.json").write_text(
-        json.dumps({"header": head, "records": records, "targets": targets}, indent=2) + "\n"
-    )
-    Path(f"{stem}.md").write_text(table)
-    print(f"wrote {stem}.json and {stem}.md")
+    payload = {"header": head, "records": records, "targets": targets}
+    common.write_results(args.out, head, payload, table)
     return 0
 
 

@@ -8,7 +8,8 @@ Not part of the test suite (``testpaths = ["tests"]``); run explicitly::
         --benchmark-group-by=group
 
 Without ``--benchmark-enable`` (pyproject's ``addopts`` has ``--benchmark-disable``) every
-benchmarked step runs once, and the assertions still hold. Timing runs on one CPU thread.
+benchmarked step runs once, and the assertions still hold. Timing runs on one CPU thread
+(``conftest.py``'s autouse ``_one_thread``).
 The weights are ``bench_optimizer.weight_shapes(64, 2)``: 98,944 parameters (98,304 of
 them sparse 2:4). Each test puts its minimal bytes per step in ``extra_info["bytes"]``
 (model: ``bench_optimizer.step_bytes``), so GB/s = bytes / time.
@@ -34,16 +35,6 @@ SHAPES = weight_shapes(WIDTH, BLOCKS)
 FLAGS = [sparse for _, _, sparse in SHAPES]
 N_SPARSE, N_DENSE = param_counts(SHAPES)
 DTYPES = [torch.float32, torch.bfloat16]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Time on one CPU thread: multi-threaded small ops are dominated by thread wake-ups
-    on small or shared machines, which makes the numbers unrepeatable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def weights(dtype: torch.dtype) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -7,9 +7,9 @@ Not part of the test suite (``testpaths = ["tests"]``); run explicitly::
 
 Without ``--benchmark-enable`` (pyproject's ``addopts`` has ``--benchmark-disable``) every
 benchmarked function runs once, and the correctness assertions still hold. Timing runs on
-one CPU thread. Each test puts its minimal bytes in ``extra_info["bytes"]`` (model:
-``bench_sparsify.op_bytes``), so GB/s = bytes / time; the copy in the same group is the
-bandwidth baseline.
+one CPU thread (``conftest.py``'s autouse ``_one_thread``). Each test puts its minimal
+bytes in ``extra_info["bytes"]`` (model: ``bench_sparsify.op_bytes``), so GB/s = bytes /
+time; the copy in the same group is the bandwidth baseline.
 """
 
 from __future__ import annotations
@@ -21,16 +21,6 @@ from bench_sparsify import op_bytes
 import step
 
 ROWS, K = 1024, 1024
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Time on one CPU thread: multi-threaded small ops are dominated by thread wake-ups
-    on small or shared machines, which makes the numbers unrepeatable."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def weights(dtype: torch.dtype) -> torch.Tensor:
