@@ -20,7 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .nm_select import group_block, keep_top_n, magnitude_constants, magnitude_key
+from step.ops.float_bits import magnitude_constants
+
+from .nm_select import group_block, keep_top_n, magnitude_key
 
 _BITS = {torch.float32: tl.int32, torch.float16: tl.int16, torch.bfloat16: tl.int16}
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}

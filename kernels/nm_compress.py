@@ -9,12 +9,12 @@ import torch
 import triton
 import triton.language as tl
 
+from step.ops.float_bits import bits_view, magnitude_constants
+
 from .nm_select import (
-    bits_view,
     group_block,
     keep_top_n,
     kept_slot,
-    magnitude_constants,
     magnitude_key,
 )
 

@@ -7,7 +7,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .nm_select import bits_view, group_block, keep_top_n, magnitude_constants, magnitude_key
+from step.ops.float_bits import bits_view, magnitude_constants
+
+from .nm_select import group_block, keep_top_n, magnitude_key
 
 
 @triton.jit

@@ -10,8 +10,6 @@ pattern of +inf makes NaN tie with inf, exactly like the reference's ``nan -> in
 import triton
 import triton.language as tl
 
-from step.ops.float_bits import bits_view, magnitude_constants  # noqa: F401  (re-exported)
-
 
 def group_block(mp: int, budget: int = 4096) -> int:
     """Groups per program so that the ``[groups, mp, mp]`` rank comparison stays small."""

@@ -9,8 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
+from step.ops.float_bits import bits_view, magnitude_constants
+
 from .cutlass_layout import cutlass_meta_offset
-from .nm_select import bits_view, keep_top_n, kept_slot, magnitude_constants, magnitude_key
+from .nm_select import keep_top_n, kept_slot, magnitude_key
 
 WORDS_PER_PROGRAM = 128  # 128 words = 512 groups = 2048 weights per program
 

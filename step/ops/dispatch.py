@@ -30,6 +30,7 @@ import contextvars
 import functools
 import importlib.util
 import os
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -130,8 +131,6 @@ def _capability_problem(index: int) -> str | None:
 
 def _kernels_mode_problem() -> str | None:
     """Triton decides interpreter vs compiler when the kernels are defined (imported)."""
-    import sys
-
     kernels = sys.modules.get("step.kernels")
     if kernels is not None and kernels.INTERPRET != triton_interpreting():
         return (

@@ -17,6 +17,8 @@ reproduces ``where(nm_mask(w), w, 0)`` exactly from this output.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ._triton import triton_launcher
@@ -27,6 +29,11 @@ from .nm_compress import nm_compress_ref, nm_decompress_ref
 ROW_MULTIPLE = 32
 COL_MULTIPLE = 64
 _NIBBLE_SHIFTS = (0, 4, 8, 12)
+
+
+@functools.lru_cache(maxsize=64)
+def _meta_offsets(rows: int, cols: int, device: torch.device) -> torch.Tensor:
+    return cutlass_meta_offsets_ref(rows, cols, device)
 
 
 def cutlass_meta_offsets_ref(
@@ -59,14 +66,14 @@ def to_sparse24_ref(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     words = (codes << shifts).sum(-1, dtype=torch.int32)  # disjoint bits: sum == or
     words = torch.where(words >= 1 << 15, words - (1 << 16), words).to(torch.int16)
     meta = torch.empty(rows * (k // 16), dtype=torch.int16, device=w.device)
-    meta[cutlass_meta_offsets_ref(rows, k // 16, w.device)] = words.view(-1)
+    meta[_meta_offsets(rows, k // 16, w.device)] = words.view(-1)
     return values, meta.view(rows, k // 16)
 
 
 def sparse24_positions_ref(meta: torch.Tensor) -> torch.Tensor:
     """Decode CUTLASS-ordered ``meta`` [rows, K/16] to kept positions uint8 [rows, K/2]."""
     rows, cols = meta.shape
-    offsets = cutlass_meta_offsets_ref(rows, cols, meta.device)
+    offsets = _meta_offsets(rows, cols, meta.device)  # cached: decoded on every reference call
     words = meta.reshape(-1)[offsets].view(rows, cols).int() & 0xFFFF
     shifts = torch.tensor(_NIBBLE_SHIFTS, device=meta.device, dtype=torch.int32)
     codes = (words[..., None] >> shifts) & 0xF  # [rows, cols, 4]

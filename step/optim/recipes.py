@@ -137,9 +137,6 @@ class SRSTE(NMAdamW):
     def _update_sparse(self, group, params, t):
         self._adam(group, params, srste_decay=group["srste_decay"])
 
-    def _load_recipe_state(self, recipe):
-        self._set_modes("ste")
-
 
 class ASP(NMAdamW):
     """ASP's from-scratch budget variant: dense AdamW, a one-shot magnitude prune to N:M
@@ -165,7 +162,7 @@ class ASP(NMAdamW):
         return self.t >= self.state["recipe"]["prune_at"]
 
     def _update_sparse(self, group, params, t):
-        if not self.pruned or t == self.state["recipe"]["prune_at"]:
+        if t <= self.state["recipe"]["prune_at"]:  # dense, the prune step included
             self._adam(group, params)
             return
         masks = [sparsity_of(p).mask for p in params]
