@@ -7,7 +7,8 @@ Every tensor is cut into chunks of ``BG`` groups of ``M`` elements (flat index
 each program to one chunk of one tensor, and pointer tables (int64 ``data_ptr()``s) let
 one launch reach every tensor. With the SR-STE term, ``M`` is the N:M group size and each
 program computes its groups' masks in registers from the bits of ``p`` (bit-identical to
-``step.nm_mask``); without it ``M`` is a fixed small width and groups mean nothing.
+``step.nm_mask``), unless masks are given (a bool table read like the other tensors);
+otherwise ``M`` is a fixed small width and groups mean nothing.
 
 Params/grads are loaded as raw bits and widened to float32 exactly; all arithmetic is
 float32; bf16 is rounded back to nearest-even with integer ops because the Triton
@@ -56,11 +57,11 @@ def _narrow(x, KIND: tl.constexpr):
 
 @triton.jit
 def _adam_kernel(
-    p_tab, g_tab, m_tab, v_tab, numels, chunks, partials,
+    p_tab, g_tab, m_tab, v_tab, k_tab, numels, chunks, partials,
     lerp_w, beta2, one_minus_b2, decay, step_size, sqrt_bc2, eps, srste,
     N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr,
     BITS: tl.constexpr, KIND: tl.constexpr, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr,
-    MASKED: tl.constexpr, UPDATE_V: tl.constexpr, WANT_Z: tl.constexpr,
+    MASKED: tl.constexpr, GIVEN: tl.constexpr, UPDATE_V: tl.constexpr, WANT_Z: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     t = tl.load(chunks + 2 * pid)
@@ -82,7 +83,11 @@ def _adam_kernel(
     v = tl.load(v_ptr + offs, mask=valid, other=0.0)
 
     if MASKED:
-        kept = keep_top_n(magnitude_key(bits, valid, ABS_MASK, INF_BITS), N, MP)
+        if GIVEN:
+            k_ptr = tl.load(k_tab + t).to(tl.pointer_type(tl.int8))
+            kept = tl.load(k_ptr + offs, mask=valid, other=1) != 0
+        else:
+            kept = keep_top_n(magnitude_key(bits, valid, ABS_MASK, INF_BITS), N, MP)
         g = g + srste * tl.where(kept, 0.0, p)  # where, not (1-mask)*p: kept inf gives 0
     # torch.lerp's two formulas, so exp_avg follows the reference's rounding
     d = g - m
@@ -154,6 +159,7 @@ def adam_update_triton(
     n: int,
     m: int,
     want_z: bool,
+    masks: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One AdamW/STEP step over many tensors, in place; returns float32 ``[2]``:
     ``(sum |v_new - v_old|, sum v_new)`` over all elements (zeros unless ``want_z`` and
@@ -161,17 +167,19 @@ def adam_update_triton(
 
     ``params``/``grads``: any shapes, float32/float16/bfloat16 (a grad has its param's
     dtype); ``exp_avgs``/``exp_avg_sqs``: float32 of the params' shapes. With the SR-STE
-    term (``srste_decay`` and ``n``) the groups of ``m`` run along the last dim. One
+    term (``srste_decay`` and ``n``) the groups of ``m`` run along the last dim, unless
+    ``masks`` (bool, the params' shapes) give the kept entries. One
     launch per param dtype; non-contiguous params/states are updated through copies.
     """
-    masked = bool(srste_decay) and n > 0
+    given = bool(srste_decay) and masks is not None
+    masked = given or (bool(srste_decay) and n > 0)
     want_z = want_z and update_v
     bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
     scalars = dict(
         lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
         step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=float(srste_decay),
     )  # fmt: skip
-    if masked:
+    if masked and not given:
         mp = triton.next_power_of_2(m)
         layout = dict(N=n, M=m, MP=mp, BG=group_block(mp))
     else:
@@ -196,8 +204,10 @@ def adam_update_triton(
             lists.append(work)
         tables = _tables(*lists, layout["M"], layout["BG"])
         g_work = [grads[i].contiguous() for i in idx]
-        g_tab = torch.tensor([g.data_ptr() for g in g_work], dtype=torch.int64)
-        launches.append((dtype, tables, g_tab.to(params[0].device, non_blocking=True), g_work))
+        k_work = [masks[i].contiguous() for i in idx] if given else g_work
+        g_tab = torch.tensor([[t.data_ptr() for t in g_work], [t.data_ptr() for t in k_work]],
+                             dtype=torch.int64).to(params[0].device, non_blocking=True)  # fmt: skip
+        launches.append((dtype, tables, g_tab, (g_work, k_work)))
 
     total = sum(tables.programs for _, tables, _, _ in launches)
     # one (sum |dv|, sum v) row per program, reduced here: deterministic, no atomics
@@ -206,10 +216,10 @@ def adam_update_triton(
     for dtype, tables, g_tab, _ in launches:
         abs_mask, inf_bits = magnitude_constants(dtype)
         _adam_kernel[(tables.programs,)](
-            tables.p, g_tab, tables.m, tables.v, tables.numels, tables.chunks,
+            tables.p, g_tab[0], tables.m, tables.v, g_tab[1], tables.numels, tables.chunks,
             partials[offset:] if want_z else partials, **scalars, **layout,
             BITS=_BITS[dtype], KIND=_KIND[dtype], ABS_MASK=abs_mask, INF_BITS=inf_bits,
-            MASKED=masked, UPDATE_V=bool(update_v), WANT_Z=want_z,
+            MASKED=masked, GIVEN=given, UPDATE_V=bool(update_v), WANT_Z=want_z,
         )  # fmt: skip
         offset += tables.programs
     for original, work in copies:

@@ -84,6 +84,7 @@ def run_and_compare(shapes, dtype, device, steps, *, v_step=None, **kwargs):
             ref_state[0], grads, ref_state[1], ref_state[2], HYPER["lr"], HYPER["beta1"],
             HYPER["beta2"], HYPER["eps"], kwargs["weight_decay"], t, vs, kwargs["update_v"],
             kwargs["srste_decay"], kwargs["n"], kwargs["m"], kwargs["want_z"],
+            kwargs.get("masks"),
         )  # fmt: skip
         with step.use_backend("adam_update=triton"):
             out = adam_update(params, grads, exp_avgs, exp_avg_sqs, **HYPER, step=t,
@@ -133,6 +134,32 @@ def test_mask_learning_phase(dtype, n, m, srste_decay, weight_decay):
                         weight_decay=weight_decay, update_v=False, srste_decay=srste_decay,
                         n=n, m=m, want_z=True)  # fmt: skip
     assert torch.equal(z, torch.zeros(2))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_given_masks_replace_the_computed_ones(dtype):
+    """Masks of any pattern (here random, and non-contiguous) drive the SR-STE term."""
+    shapes = [(3, 10), (7,), (4, 5, 6)]
+    masks = [torch.rand(s) < 0.4 for s in shapes]
+    masks[0] = (torch.rand(10, 3) < 0.5).t()  # non-contiguous
+    run_and_compare(shapes, dtype, "cpu", steps=2, v_step=1, weight_decay=0.1,
+                    update_v=False, srste_decay=0.5, n=0, m=0, want_z=False,
+                    masks=masks)  # fmt: skip
+
+
+def test_reference_given_nm_masks_equals_computed_masks():
+    shapes = [(6, 16), (3, 8)]
+    results = []
+    for given in (False, True):
+        torch.manual_seed(0)
+        params, exp_avgs, exp_avg_sqs = make_state(shapes, torch.float32, "cpu")
+        grads = [torch.randn(s) for s in shapes]
+        masks = [nm_mask_ref(p, 2, 4) for p in params] if given else None
+        adam_update_ref(params, grads, exp_avgs, exp_avg_sqs, 1e-2, 0.9, 0.999, 1e-8, 0.0,
+                        3, 1, False, 0.5, 2, 4, False, masks)  # fmt: skip
+        results.append(params)
+    for a, b in zip(*results, strict=True):
+        assert_bits_equal(a, b)
 
 
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf

@@ -17,7 +17,7 @@ def samples():
     ps = [torch.randn(8, 16), torch.randn(4, 12)]
     states = ([torch.randn_like(p) for p in ps] for _ in range(2))
     adam = (ps, *states, [torch.rand_like(p) for p in ps],
-            1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 2, False, 2e-4, 2, 4, True)  # fmt: skip
+            1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 2, False, 2e-4, 2, 4, True, [])  # fmt: skip
     return {
         "adam_update": adam,
         "nm_mask": (torch.randn(4, 16), 2, 4),
@@ -26,8 +26,25 @@ def samples():
         "sparse24_compress": (w,),
         "sparse24_decompress": (values, meta),
         "sparse24_linear": (x, values, meta, torch.randn(64, dtype=torch.float16)),
-        "masked_linear": (xf, wf, 2, 4, torch.randn(8, requires_grad=True)),
+        "masked_linear": (xf, wf, 2, 4, torch.randn(8, requires_grad=True), None),
+        "nm_linear": (torch.randn(5, 24), c.values, c.indices, 2, 6, torch.randn(3)),
     }
+
+
+def test_opcheck_adam_update_with_given_masks():
+    ps = [torch.randn(8, 16), torch.randn(4, 12)]
+    states = ([torch.randn_like(p) for p in ps] for _ in range(2))
+    masks = [torch.rand_like(p) < 0.5 for p in ps]
+    args = (ps, *states, [torch.rand_like(p) for p in ps],
+            1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 2, False, 2e-4, 0, 0, False, masks)  # fmt: skip
+    torch.library.opcheck(torch.ops.step.adam_update, args)
+
+
+def test_opcheck_masked_linear_with_a_given_mask():
+    xf = torch.randn(3, 16, requires_grad=True)
+    wf = torch.randn(8, 16, requires_grad=True)
+    mask = step.nm_mask(wf.detach(), 2, 4)
+    torch.library.opcheck(torch.ops.step.masked_linear, (xf, wf, 2, 4, None, mask))
 
 
 def test_every_op_has_a_sample():

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ..ops.checks import check_nm
 from ..ops.masked_linear import masked_linear
-from .sparsity import ATTRIBUTE, NMSparsity
+from .sparse_module import SparseWeightMixin, linear_forward
 
 
-class SparseLinear(nn.Linear):
+class SparseLinear(SparseWeightMixin, nn.Linear):
     """``nn.Linear`` with an N:M sparse weight (groups of ``m`` along ``in_features``).
 
     Same parameters and ``state_dict`` keys as ``nn.Linear``. The forward pass follows
@@ -19,12 +17,18 @@ class SparseLinear(nn.Linear):
     ``"dense"`` to ``"ste"`` at the end of the precondition phase):
 
     - ``dense``: ``F.linear(x, weight, bias)``;
-    - ``ste``: ``step.masked_linear`` (mask from the current weight, straight-through
-      gradient to the dense weight);
-    - ``fixed``: the stored mask (ASP), ``F.linear(x, where(mask, weight, 0), bias)``.
+    - ``ste``: ``step.masked_linear`` with the weight's mask, cached until the weight
+      changes (so micro-batches and the optimizer's SR-STE term share it), straight-
+      through gradient to the dense weight;
+    - ``fixed``: the stored mask (ASP, frozen layers in training mode).
+
+    After :func:`step.freeze` and in eval mode it runs on the compressed weight
+    (:func:`step.sparse24_linear` for 2:4 half precision, else :func:`step.nm_linear`).
 
     x: ``[..., in_features]`` -> ``[..., out_features]``.
     """
+
+    AXIS = -1
 
     def __init__(
         self,
@@ -36,36 +40,8 @@ class SparseLinear(nn.Linear):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
-        check_nm(n, m)
-        if in_features % m:
-            raise ValueError(
-                f"SparseLinear(in_features={in_features}): N:M groups run along in_features, "
-                f"which must be divisible by m={m}"
-            )
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
-        self._sparsity = NMSparsity(n, m)
-        self._mirror_sparsity()
-
-    @property
-    def sparsity(self) -> NMSparsity:
-        """The N:M pattern and forward mode, shared with the optimizer via the weight."""
-        return self._sparsity
-
-    def _mirror_sparsity(self) -> None:
-        # The module owns the state; the weight carries a reference so the optimizer,
-        # which only sees parameters, finds it. Parameters get replaced (deepcopy,
-        # unpickling, FSDP2 sharding, user assignment), so re-attach whenever they are.
-        if "_sparsity" in self.__dict__ and self._parameters.get("weight") is not None:
-            setattr(self._parameters["weight"], ATTRIBUTE, self._sparsity)
-
-    def __setattr__(self, name: str, value) -> None:
-        super().__setattr__(name, value)
-        if name == "weight":
-            self._mirror_sparsity()
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self._mirror_sparsity()
+        self._init_sparsity(n, m)
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, n: int = 2, m: int = 4) -> SparseLinear:
@@ -74,16 +50,15 @@ class SparseLinear(nn.Linear):
                     device="meta")  # fmt: skip
         layer.weight = linear.weight
         layer.bias = linear.bias
+        layer.train(linear.training)
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.sparsity
-        if state.mode == "ste":
-            return masked_linear(x, self.weight, state.n, state.m, self.bias)
-        if state.mode == "fixed":
-            return F.linear(x, torch.where(state.mask, self.weight, 0), self.bias)
-        return F.linear(x, self.weight, self.bias)
+        if state.mode == "ste" and not self._frozen:
+            mask = state.current_mask(self.weight)
+            return masked_linear(x, self.weight, state.n, state.m, self.bias, mask)
+        return linear_forward(self, x)
 
     def extra_repr(self) -> str:
-        s = self.sparsity
-        return f"{super().extra_repr()}, n={s.n}, m={s.m}, mode={s.mode}"
+        return f"{super().extra_repr()}, {self._sparse_extra_repr()}"

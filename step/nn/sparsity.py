@@ -4,31 +4,40 @@ A sparse layer attaches a :class:`NMSparsity` to its weight (``weight.nm_sparsit
 The optimizer finds it there, and changes ``mode`` when the recipe's phase changes; the
 layer reads ``mode`` in every forward pass. So the switch from dense to masked forward
 needs no user code, and survives ``DDP`` (which keeps the parameter objects).
+
+Groups of ``m`` run along the weight's reduction dim, ``axis``: the last dim for
+``nn.Linear`` ``[out, in]``, dim 1 for ``nn.Conv2d`` ``[out, in, kh, kw]`` (the TensorRT
+rule: for each output channel and kernel position, groups along input channels), dim 0
+for Hugging Face ``Conv1D`` ``[in, out]``. :meth:`NMSparsity.grouped` moves that dim last,
+which is where every ``step`` op expects the groups.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from ..ops.checks import check_nm
+from ..ops.nm_mask import nm_mask
 
 MODES = ("dense", "ste", "fixed")
-"""``dense``: plain weight; ``ste``: mask from the current weight every forward, straight-
-through gradient (STEP's mask-learning phase, SR-STE); ``fixed``: a stored mask (ASP)."""
+"""``dense``: plain weight; ``ste``: mask from the current weight, straight-through
+gradient (STEP's mask-learning phase, SR-STE); ``fixed``: a stored mask (ASP, frozen)."""
 
 ATTRIBUTE = "nm_sparsity"
 
 
 @dataclass
 class NMSparsity:
-    """N:M pattern and forward mode of one weight (groups along its last dim)."""
+    """N:M pattern, grouping axis and forward mode of one weight."""
 
     n: int
     m: int
     mode: str = "dense"
-    mask: torch.Tensor | None = None  # the fixed mask in mode "fixed"
+    mask: torch.Tensor | None = None  # the fixed mask in mode "fixed", the weight's shape
+    axis: int = -1
+    _cache: tuple | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_nm(self.n, self.m)
@@ -41,6 +50,43 @@ class NMSparsity:
             raise ValueError("mode 'fixed' needs a mask, and only it takes one")
         self.mode, self.mask = mode, mask
 
+    def grouped(self, w: torch.Tensor) -> torch.Tensor:
+        """``w`` (the weight as stored) as a view with the grouping axis last."""
+        return w.movedim(self.axis, -1)
+
+    def ungrouped(self, t: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`grouped`."""
+        return t.movedim(-1, self.axis)
+
+    def compute_mask(self, w: torch.Tensor) -> torch.Tensor:
+        """The N:M mask of ``w`` (bool, ``w``'s shape), groups along ``axis``."""
+        return self.ungrouped(nm_mask(self.grouped(w.detach()), self.n, self.m))
+
+    def current_mask(self, w: torch.Tensor) -> torch.Tensor:
+        """:meth:`compute_mask`, cached until ``w`` changes.
+
+        The cache key is the tensor's storage, shape and in-place version counter, so the
+        forward passes of gradient accumulation and the optimizer's SR-STE term, which
+        all see the same weight, share one mask; any update of ``w`` invalidates it.
+        """
+        if torch.compiler.is_compiling():  # the version counter is not traceable
+            return self.compute_mask(w)
+        key = (w.data_ptr(), w.device, tuple(w.shape), w.stride(), w._version)
+        if self._cache is None or self._cache[0] != key:
+            # The detached alias keeps the storage alive, so its address cannot be reused
+            # by a new weight while this entry exists.
+            self._cache = (key, self.compute_mask(w), w.detach())
+        return self._cache[1]
+
+    def check_groups(self, shape: torch.Size | tuple[int, ...], name: str) -> None:
+        """``shape``'s grouping axis splits into groups of ``m``."""
+        if not shape or shape[self.axis] % self.m:
+            raise ValueError(
+                f"{name} has shape {tuple(shape)}: its reduction dim (axis {self.axis}, size "
+                f"{shape[self.axis] if shape else 0}) is not divisible by m={self.m}, so it cannot be N:M {self.n}:{self.m}. Leave "
+                "it dense, or choose an m that divides that dim"
+            )
+
 
 def sparsity_of(param: torch.Tensor) -> NMSparsity | None:
     """The :class:`NMSparsity` attached to ``param``, if any."""
@@ -48,7 +94,8 @@ def sparsity_of(param: torch.Tensor) -> NMSparsity | None:
 
 
 def attach_sparsity(param: torch.Tensor, n: int, m: int) -> NMSparsity:
-    """Attach (or return the existing) :class:`NMSparsity` of ``param``."""
+    """Attach (or return the existing) :class:`NMSparsity` of ``param`` (groups along
+    its last dim when new)."""
     state = sparsity_of(param)
     if state is None:
         state = NMSparsity(n, m)

@@ -15,6 +15,7 @@ from .nm_compress import (
     nm_decompress,
     nm_decompress_ref,
 )
+from .nm_linear import nm_linear, nm_linear_ref
 from .nm_mask import nm_mask, nm_mask_ref
 from .sparse24 import (
     cutlass_meta_offsets_ref,
@@ -34,6 +35,7 @@ OPS = (
     "sparse24_decompress",
     "sparse24_linear",
     "masked_linear",
+    "nm_linear",
 )
 """Names of the ``step::`` ops (``torch.ops.step.<name>``)."""
 
@@ -54,6 +56,8 @@ __all__ = [
     "nm_compress_ref",
     "nm_decompress",
     "nm_decompress_ref",
+    "nm_linear",
+    "nm_linear_ref",
     "nm_mask",
     "nm_mask_ref",
     "sparse24_linear",

@@ -3,8 +3,8 @@
 For every tensor ``p`` with gradient ``g``, first moment ``m`` and second moment ``v``
 (states in float32; ``p``/``g`` float32, float16 or bfloat16, computed in float32):
 
-    if srste_decay and n:                    # mask-learning phase, SR-STE term
-        g = g + srste_decay * (1 - nm_mask(p, n, m)) * p
+    if srste_decay and (n or masks):         # mask-learning phase, SR-STE term
+        g = g + srste_decay * (1 - mask) * p     # mask = masks[i] or nm_mask(p, n, m)
     m = b1*m + (1-b1)*g
     if update_v:                             # precondition phase (and baselines)
         z += sum |v_new - v_old|             # the AutoSwitch sample's numerator
@@ -13,8 +13,10 @@ For every tensor ``p`` with gradient ``g``, first moment ``m`` and second moment
     p = p - lr * (m / (1-b1^step)) / (sqrt(v / (1-b2^v_step)) + eps)
 
 ``v_step`` is ``step`` while v updates and the switch step ``t0`` once it is frozen. The
-mask comes from ``p`` before the update (the same mask as this step's forward pass);
-groups run along the last dim. Returns float32 ``[2]``: ``(sum |v_new - v_old|,
+mask comes from ``p`` before the update (the same mask as this step's forward pass):
+either given (``masks``, bool of each param's shape: a layer's cached mask, or the mask
+of a weight whose groups do not run along its last dim) or computed with groups along
+the last dim. Returns float32 ``[2]``: ``(sum |v_new - v_old|,
 sum v_new)`` over all elements, the AutoSwitch sample's numerator and normaliser
 (zeros unless ``want_z`` and ``update_v``).
 
@@ -48,15 +50,16 @@ def adam_update_ref(
     n: int,
     m: int,
     want_z: bool,
+    masks: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Reference: updates params, exp_avgs and (if ``update_v``) exp_avg_sqs in place."""
     stats = torch.zeros(2, dtype=torch.float32, device=params[0].device)
     p32 = [p if p.dtype == torch.float32 else p.float() for p in params]
     g32 = [g.float() for g in grads]
-    if srste_decay and n:
+    if srste_decay and (n or masks is not None):
         for i, p in enumerate(params):
-            pruned = ~torch.ops.step.nm_mask(p, n, m)
-            g32[i] = g32[i] + srste_decay * torch.where(pruned, p32[i], 0)
+            kept = masks[i] if masks is not None else torch.ops.step.nm_mask(p, n, m)
+            g32[i] = g32[i] + srste_decay * torch.where(kept, 0, p32[i])
     torch._foreach_lerp_(exp_avgs, g32, 1 - beta1)
     if update_v:
         if want_z:  # v_new - v_old = (1-b2) * (g^2 - v_old): no copy of v needed
@@ -82,8 +85,9 @@ def adam_update_ref(
 
 
 def check_adam_update_args(
-    params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m
-) -> None:
+    params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m,
+    masks=None,
+) -> None:  # fmt: skip
     lists = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
     count = len(params)
     if count == 0:
@@ -108,7 +112,17 @@ def check_adam_update_args(
         raise ValueError(f"betas ({beta1}, {beta2}) must lie in [0, 1)")
     if step < 1 or v_step < 1 or v_step > step:
         raise ValueError(f"need 1 <= v_step <= step, got step={step}, v_step={v_step}")
-    if srste_decay:
+    if masks is not None:
+        if len(masks) != count:
+            raise ValueError(f"masks has {len(masks)} tensors but params has {count}")
+        for i, (p, mask) in enumerate(zip(params, masks, strict=True)):
+            if mask.dtype != torch.bool or mask.shape != p.shape or mask.device != p.device:
+                raise ValueError(
+                    f"masks[{i}] must be a bool tensor of params[{i}]'s shape "
+                    f"{tuple(p.shape)} on {p.device}, got {mask.dtype} {tuple(mask.shape)} "
+                    f"on {mask.device}"
+                )
+    elif srste_decay:
         check_nm(n, m)
         for i, p in enumerate(params):
             if p.dim() == 0 or p.shape[-1] % m:
@@ -142,13 +156,16 @@ def _adam_update_op(
     n: int,
     m: int,
     want_z: bool,
+    masks: list[torch.Tensor],
 ) -> torch.Tensor:
+    masks = masks or None  # the schema has no optional list: [] means "compute them"
     check_adam_update_args(
-        params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m
-    )
+        params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m,
+        masks,
+    )  # fmt: skip
     _, impl = choose("adam_update", params[0].device, params)
     return impl(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
-                step, v_step, update_v, srste_decay, n, m, want_z)  # fmt: skip
+                step, v_step, update_v, srste_decay, n, m, want_z, masks)  # fmt: skip
 
 
 @_adam_update_op.register_fake
@@ -174,6 +191,7 @@ def adam_update(
     n: int = 0,
     m: int = 0,
     want_z: bool = False,
+    masks: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """One fused AdamW/STEP step over many tensors (module docstring).
 
@@ -185,6 +203,8 @@ def adam_update(
             (default ``step``; the switch step ``t0`` once v is frozen).
         srste_decay, n, m: the SR-STE term ``srste_decay * (1 - mask) * p`` with the N:M
             mask of ``p`` along its last dim (0 = none).
+        masks: bool tensors of the params' shapes to use in the SR-STE term instead of
+            computing masks (then ``n``/``m`` are not needed).
         want_z: also return ``(sum |v_new - v_old|, sum v_new)`` over all elements.
 
     Returns:
@@ -193,5 +213,5 @@ def adam_update(
     return torch.ops.step.adam_update(
         params, grads, exp_avgs, exp_avg_sqs, float(lr), float(beta1), float(beta2),
         float(eps), float(weight_decay), int(step), int(step if v_step is None else v_step),
-        bool(update_v), float(srste_decay), int(n), int(m), bool(want_z),
+        bool(update_v), float(srste_decay), int(n), int(m), bool(want_z), masks or [],
     )  # fmt: skip

@@ -3,9 +3,10 @@ straight-through estimator (STE) in the backward pass.
 
 Backward: ``dx = dy @ (w * mask)``, ``dw = dy.T @ x`` (the STE: the gradient of the
 masked weight flows to the dense ``w`` unmasked), ``dbias = dy.sum``. The op also returns
-the mask it used, saved for the backward pass so it is never recomputed. Only the
-reference implementation exists yet; it composes ``step::nm_mask`` (so its mask comes
-from the best backend) with ``F.linear``.
+the mask it used, saved for the backward pass so it is never recomputed, and accepts a
+mask computed earlier (a layer's cached mask of the same weight) instead of computing
+one. Only the reference implementation exists yet; it composes ``step::nm_mask`` (so its
+mask comes from the best backend) with ``F.linear``.
 """
 
 from __future__ import annotations
@@ -19,14 +20,23 @@ from .nm_mask import check_nm_mask_args
 
 
 def masked_linear_ref(
-    x: torch.Tensor, w: torch.Tensor, n: int, m: int, bias: torch.Tensor | None
+    x: torch.Tensor,
+    w: torch.Tensor,
+    n: int,
+    m: int,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reference forward: x [..., K], w [N, K], bias [N] -> (y [..., N], mask [N, K] bool)."""
-    mask = torch.ops.step.nm_mask(w, n, m)
+    """Reference forward: x [..., K], w [N, K], bias [N], mask [N, K] bool or None
+    (computed from w) -> (y [..., N], mask [N, K] bool)."""
+    if mask is None:
+        mask = torch.ops.step.nm_mask(w, n, m)
     return F.linear(x, torch.where(mask, w, 0), bias), mask
 
 
-def check_masked_linear_args(x: object, w: object, n: object, m: object, bias: object) -> None:
+def check_masked_linear_args(
+    x: object, w: object, n: object, m: object, bias: object, mask: object = None
+) -> None:
     check_nm_mask_args(w, n, m)
     check_tensor(w, "w", ndim=2)
     check_tensor(x, "x")
@@ -41,8 +51,13 @@ def check_masked_linear_args(x: object, w: object, n: object, m: object, bias: o
         assert isinstance(bias, torch.Tensor)
         if bias.shape[0] != w.shape[0]:
             raise ValueError(f"bias has shape {tuple(bias.shape)}; expected [{w.shape[0]}]")
+    if mask is not None:
+        check_tensor(mask, "mask", dtypes=(torch.bool,), ndim=2)
+        assert isinstance(mask, torch.Tensor)
+        if mask.shape != w.shape:
+            raise ValueError(f"mask has shape {tuple(mask.shape)}; expected w's {tuple(w.shape)}")
     check_same_dtype(x=x, w=w, bias=bias)  # type: ignore[arg-type]
-    check_same_device(x=x, w=w, bias=bias)  # type: ignore[arg-type]
+    check_same_device(x=x, w=w, bias=bias, mask=mask)  # type: ignore[arg-type]
 
 
 register("masked_linear", "reference")(masked_linear_ref)
@@ -50,21 +65,28 @@ register("masked_linear", "reference")(masked_linear_ref)
 
 @torch.library.custom_op("step::masked_linear", mutates_args=())
 def _masked_linear_op(
-    x: torch.Tensor, w: torch.Tensor, n: int, m: int, bias: torch.Tensor | None
+    x: torch.Tensor,
+    w: torch.Tensor,
+    n: int,
+    m: int,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    check_masked_linear_args(x, w, n, m, bias)
-    _, impl = choose("masked_linear", x.device, x, w, n, m, bias)
-    return impl(x, w, n, m, bias)
+    check_masked_linear_args(x, w, n, m, bias, mask)
+    _, impl = choose("masked_linear", x.device, x, w, n, m, bias, mask)
+    y, mask_used = impl(x, w, n, m, bias, mask)
+    # An output may not alias an input of a custom op: hand back a copy of a given mask.
+    return y, (mask_used.clone() if mask_used is mask else mask_used)
 
 
 @_masked_linear_op.register_fake
-def _(x, w, n, m, bias):
-    check_masked_linear_args(x, w, n, m, bias)
+def _(x, w, n, m, bias, mask):
+    check_masked_linear_args(x, w, n, m, bias, mask)
     return x.new_empty((*x.shape[:-1], w.shape[0])), w.new_empty(w.shape, dtype=torch.bool)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w, _n, _m, bias = inputs
+    x, w, _n, _m, bias, _mask = inputs
     _y, mask = output
     ctx.save_for_backward(x, w, mask)
     ctx.has_bias = bias is not None
@@ -80,7 +102,7 @@ def _backward(ctx, grad_y: torch.Tensor, _grad_mask):
         grad_w = dy.t() @ x.reshape(-1, w.shape[1])  # STE: dense w gets dL/d(w*mask)
     if ctx.has_bias and ctx.needs_input_grad[4]:
         grad_bias = dy.sum(0)
-    return grad_x, grad_w, None, None, grad_bias
+    return grad_x, grad_w, None, None, grad_bias, None
 
 
 _masked_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -92,20 +114,23 @@ def masked_linear(
     n: int = 2,
     m: int = 4,
     bias: torch.Tensor | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``x @ (w * nm_mask(w, n, m)).T + bias``, differentiable with the STE.
 
     Args:
         x: ``[..., K]``, float32/float16/bfloat16.
-        w: dense weight ``[N, K]`` of x's dtype, ``K % m == 0``; the mask is computed from
-            it on every call (the :func:`step.nm_mask` rule).
+        w: dense weight ``[N, K]`` of x's dtype, ``K % m == 0``; the mask is its
+            :func:`step.nm_mask` unless ``mask`` is given.
         n, m: the pattern; default 2:4.
         bias: ``[N]`` or None.
+        mask: bool ``[N, K]``, the N:M mask of ``w`` computed earlier (e.g. a layer's
+            cached mask); None computes it. It is trusted, not re-checked against ``w``.
 
     Returns:
         ``[..., N]``. Gradients: ``dx = dy @ (w*mask)``, ``dw = dy.T @ x`` (straight
         through the mask), ``dbias = dy.sum``.
     """
-    check_masked_linear_args(x, w, n, m, bias)
-    y, _mask = torch.ops.step.masked_linear(x, w, n, m, bias)
+    check_masked_linear_args(x, w, n, m, bias, mask)
+    y, _mask = torch.ops.step.masked_linear(x, w, n, m, bias, mask)
     return y

@@ -17,6 +17,7 @@ import torch
 from ..nn.sparsity import attach_sparsity, sparsity_of
 from ..ops.adam_update import adam_update
 from ..ops.checks import check_nm
+from ..ops.dispatch import choose
 
 RECIPE_KEY = "recipe"
 """Key of the recipe's own state (step count, phase...) in ``optimizer.state``."""
@@ -75,7 +76,7 @@ class NMAdamW(torch.optim.Optimizer):
                 return
             nm = (attached.n, attached.m)
         n, m = check_nm(*nm)
-        if p.dim() < 1 or p.shape[-1] % m:
+        if attached is None and (p.dim() < 1 or p.shape[-1] % m):
             raise ValueError(
                 f"param_groups[{gi}]['params'][{pi}] has shape {tuple(p.shape)}: N:M {n}:{m} "
                 f"groups run along the last (reduction) dim, which is not divisible by m={m}. "
@@ -149,8 +150,12 @@ class NMAdamW(torch.optim.Optimizer):
     ) -> torch.Tensor | None:
         """Fused AdamW step of ``params``; with ``want_z`` returns ``[sum|dv|, sum v, count]``.
 
-        Tensors are bucketed by what one fused call must share (step counts, N:M).
+        Tensors are bucketed by what one fused call must share (step counts, N:M). The
+        SR-STE term's mask is computed inside the fused kernel for weights grouped along
+        their last dim; the layer's cached mask (the one its forward pass used) is passed
+        instead where the groups run along another dim or the reference runs anyway.
         """
+        reference = choose("adam_update", _local(params[0]).device, params)[0] == "reference"
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             state = self.state[p]
@@ -164,12 +169,17 @@ class NMAdamW(torch.optim.Optimizer):
             nm = (0, 0)
             if srste_decay:
                 s = sparsity_of(p)
-                nm = (s.n, s.m)
+                last = s.axis in (-1, p.dim() - 1)
+                nm = (s.n, s.m) if last and not reference else (-1, -1)  # -1: given masks
             buckets[(state["step"], v_step, nm)].append(i)
         beta1, beta2 = group["betas"]
         total = None
         for (step, v_step, (n, m)), idx in buckets.items():
             ps = [params[i] for i in idx]
+            masks = None
+            if n == -1:
+                masks = [sparsity_of(p).current_mask(_local(p)) for p in ps]
+                n = m = 0
             result = adam_update(
                 [_local(p) for p in ps],
                 [_local(grads[i] if grads is not None else params[i].grad) for i in idx],
@@ -178,6 +188,7 @@ class NMAdamW(torch.optim.Optimizer):
                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], step=step, v_step=v_step,
                 update_v=update_v, srste_decay=srste_decay, n=n, m=m, want_z=want_z,
+                masks=masks,
             )  # fmt: skip
             if want_z:
                 count = sum(_local(p).numel() for p in ps)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import torch
 
 from ..nn.sparsity import sparsity_of
-from ..ops.nm_mask import nm_mask
 from .autoswitch import AutoSwitch
 from .nm_adamw import NMAdamW, _local
 
@@ -179,8 +178,7 @@ class ASP(NMAdamW):
 
     def _prune(self) -> None:
         for p in self.sparse_params():
-            s = sparsity_of(p)
-            mask = nm_mask(_local(p).detach(), s.n, s.m)
+            mask = sparsity_of(p).compute_mask(_local(p))
             _local(p).masked_fill_(~mask, 0)
             self.state[p]["mask"] = mask
             s.set_mode("fixed", mask)

@@ -1,0 +1,130 @@
+"""``SparseWeightMixin``: what every sparse layer shares.
+
+A sparse layer owns one :class:`NMSparsity` and mirrors it onto its weight, computes the
+weight its forward pass uses from the sparsity mode, and can be *frozen* for inference:
+the weight pruned to exact N:M (+0.0 at pruned entries), the mask fixed, and, for the
+linear-like layers, a compressed copy that the eval-mode forward runs on.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..functional import ste_masked
+from ..ops.compressed_weight import CompressedWeight, compress_weight
+from .sparsity import ATTRIBUTE, NMSparsity
+
+
+class SparseWeightMixin:
+    """Mixed in before the ``nn`` layer class; ``AXIS`` is the weight's reduction dim."""
+
+    AXIS: int = -1
+    LINEAR_LIKE: bool = True  # y = x @ W.T with W grouped along in: compressed inference
+
+    def _init_sparsity(self, n: int, m: int) -> None:
+        state = NMSparsity(n, m, axis=self.AXIS)
+        state.check_groups(self.weight.shape, f"{type(self).__name__}.weight")
+        self._sparsity = state
+        self._frozen = False
+        self._compressed_key: tuple | None = None
+        self._mirror_sparsity()
+
+    @property
+    def sparsity(self) -> NMSparsity:
+        """The N:M pattern and forward mode, shared with the optimizer via the weight."""
+        return self._sparsity
+
+    @property
+    def frozen(self) -> bool:
+        """True after :meth:`freeze`: the eval-mode forward runs on compressed weights."""
+        return self._frozen
+
+    def _mirror_sparsity(self) -> None:
+        # The module owns the state; the weight carries a reference so the optimizer,
+        # which only sees parameters, finds it. Parameters get replaced (deepcopy,
+        # unpickling, FSDP2 sharding, user assignment), so re-attach whenever they are.
+        if "_sparsity" in self.__dict__ and self._parameters.get("weight") is not None:
+            setattr(self._parameters["weight"], ATTRIBUTE, self._sparsity)
+
+    def __setattr__(self, name: str, value) -> None:
+        super().__setattr__(name, value)
+        if name == "weight":
+            self._mirror_sparsity()
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        self._mirror_sparsity()
+
+    def sparse_weight(self) -> torch.Tensor:
+        """The weight the forward pass uses: dense, STE-masked or fixed-masked by mode."""
+        state, w = self.sparsity, self.weight
+        if state.mode == "ste":
+            return ste_masked(w, state.current_mask(w))
+        if state.mode == "fixed":
+            if state.mask.device != w.device:  # the mask is no buffer: follow .to()
+                state.mask = state.mask.to(w.device)
+            return torch.where(state.mask, w, 0)
+        return w
+
+    @torch.no_grad()
+    def freeze(self) -> None:
+        """Prune the weight to exact N:M in place (+0.0 at pruned entries) and fix the
+        mask: the current fixed mask if there is one, else the weight's N:M mask."""
+        state = self.sparsity
+        mask = state.mask if state.mode == "fixed" else state.current_mask(self.weight)
+        self.weight.masked_fill_(~mask.to(self.weight.device), 0)
+        state.set_mode("fixed", mask)
+        self._frozen = True
+        if self.LINEAR_LIKE:
+            self.compressed_weight()
+
+    # ---------------------------------------------------------- compressed inference
+
+    def _linear_weight(self) -> torch.Tensor:
+        """The weight as ``[out, in]`` with the groups along ``in`` (a view)."""
+        return self.sparsity.grouped(self.weight)
+
+    def compressed_weight(self) -> CompressedWeight:
+        """The frozen weight in its best compressed layout.
+
+        Kept in the non-persistent buffers ``weight_values`` / ``weight_meta`` (so
+        ``.to()`` moves them and ``state_dict`` stays that of the dense layer), and
+        rebuilt in eager mode when the weight changed since (``.half()``, training).
+        """
+        if not self._frozen:
+            raise RuntimeError(f"{type(self).__name__} is not frozen: call step.freeze first")
+        if not torch.compiler.is_compiling() and self._compressed_key != self._weight_key():
+            w = self.weight.detach()
+            pruned = torch.where(self.sparsity.mask.to(w.device), w, 0)
+            self.set_compressed_weight(
+                compress_weight(self.sparsity.grouped(pruned), self.sparsity.n, self.sparsity.m)
+            )
+        return CompressedWeight(self._layout, self.weight_values, self.weight_meta,
+                                self.sparsity.n, self.sparsity.m)  # fmt: skip
+
+    def set_compressed_weight(self, weight: CompressedWeight) -> None:
+        """Install the compressed copy of the current frozen weight (loaders call this
+        with what they read, so nothing is recompressed)."""
+        self._layout = weight.layout
+        self.register_buffer("weight_values", weight.values, persistent=False)
+        self.register_buffer("weight_meta", weight.meta, persistent=False)
+        self._compressed_key = self._weight_key()
+
+    def _weight_key(self) -> tuple:
+        w = self.weight
+        return (w.data_ptr(), w.dtype, w.device, w._version)
+
+    def _use_compressed(self) -> bool:
+        return self._frozen and not self.training
+
+    def _sparse_extra_repr(self) -> str:
+        s = self.sparsity
+        return f"n={s.n}, m={s.m}, mode={s.mode}" + (", frozen" if self._frozen else "")
+
+
+def linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
+    """Forward of a linear-like sparse layer (``y = x @ W.T + b``, W grouped along ``in``)."""
+    if layer._use_compressed():
+        return layer.compressed_weight().linear(x, layer.bias)
+    return F.linear(x, layer.sparse_weight(), layer.bias)

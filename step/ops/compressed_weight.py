@@ -1,0 +1,88 @@
+"""``CompressedWeight``: a 2-D N:M weight in its best storage layout.
+
+Two layouts, named in exported files:
+
+* ``"cutlass_2to4"``: :func:`step.to_sparse24` ``(values [rows, K/2], meta [rows, K/16]
+  int16)``; 2:4 only, float16/bfloat16, ``rows % 32 == 0``, ``K % 64 == 0``. Runs on
+  :func:`step.sparse24_linear` (tensor cores where available).
+* ``"nm_positions"``: :func:`step.nm_compress` ``(values, indices [rows, K*n/m] uint8)``;
+  any N:M and dtype. Runs on :func:`step.nm_linear`.
+
+Layers and export use :func:`compress_weight`, which picks the first layout that fits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .checks import HALF_DTYPES, check_nm, check_tensor
+from .nm_compress import NMCompressed, nm_compress, nm_decompress
+from .nm_linear import nm_linear
+from .sparse24 import COL_MULTIPLE, ROW_MULTIPLE, from_sparse24, to_sparse24
+from .sparse24_linear import sparse24_linear
+
+CUTLASS_2TO4 = "cutlass_2to4"
+NM_POSITIONS = "nm_positions"
+LAYOUTS = (CUTLASS_2TO4, NM_POSITIONS)
+
+
+def best_layout(shape: tuple[int, ...], dtype: torch.dtype, n: int, m: int) -> str:
+    """The layout :func:`compress_weight` picks for a ``[rows, K]`` weight."""
+    rows, k = shape
+    fits_cutlass = rows % ROW_MULTIPLE == 0 and k % COL_MULTIPLE == 0
+    if (n, m) == (2, 4) and dtype in HALF_DTYPES and fits_cutlass:
+        return CUTLASS_2TO4
+    return NM_POSITIONS
+
+
+@dataclass(frozen=True)
+class CompressedWeight:
+    """A ``[rows, K]`` weight, N:M along K, in ``layout``.
+
+    ``meta`` is the CUTLASS metadata (``cutlass_2to4``) or the uint8 positions
+    (``nm_positions``).
+    """
+
+    layout: str
+    values: torch.Tensor
+    meta: torch.Tensor
+    n: int
+    m: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        rows, kept = self.values.shape
+        return rows, kept // self.n * self.m
+
+    def dense(self) -> torch.Tensor:
+        """The weight, +0.0 at pruned entries."""
+        if self.layout == CUTLASS_2TO4:
+            return from_sparse24(self.values, self.meta)
+        return nm_decompress(NMCompressed(self.values, self.meta, self.n, self.m))
+
+    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``x [..., K] @ W.T + bias`` -> ``[..., rows]``."""
+        if self.layout == CUTLASS_2TO4:
+            return sparse24_linear(x, self.values, self.meta, bias)
+        return nm_linear(x, NMCompressed(self.values, self.meta, self.n, self.m), bias)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.values, self.meta))
+
+
+def compress_weight(w: torch.Tensor, n: int, m: int, layout: str | None = None) -> CompressedWeight:
+    """Compress a 2-D weight ``[rows, K]`` (groups along K) to ``layout`` (default: the
+    :func:`best_layout`). Entries outside the :func:`step.nm_mask` are dropped."""
+    check_nm(n, m)
+    check_tensor(w, "w", ndim=2)
+    layout = layout or best_layout(tuple(w.shape), w.dtype, n, m)
+    if layout == CUTLASS_2TO4:
+        values, meta = to_sparse24(w)
+    elif layout == NM_POSITIONS:
+        c = nm_compress(w, n, m)
+        values, meta = c.values, c.indices
+    else:
+        raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    return CompressedWeight(layout, values, meta, n, m)

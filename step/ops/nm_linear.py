@@ -1,0 +1,89 @@
+"""``step::nm_linear``: ``y = x @ W.T + bias`` with W in the general N:M compressed format.
+
+W ``[N, K]`` is stored as :class:`~step.ops.nm_compress.NMCompressed` (``values`` and
+``indices`` ``[N, K*n/m]``). Only the reference implementation exists yet (decompress,
+then ``F.linear``); the weight-streaming Triton kernel that reads the compressed weight
+directly registers over it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .checks import check_same_device, check_same_dtype, check_tensor
+from .dispatch import choose, register
+from .nm_compress import NMCompressed, check_compressed_args, nm_decompress_ref
+
+
+def nm_linear_ref(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    n: int,
+    m: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """Reference: x [..., K]; values, indices [N, K*n/m]; bias [N] -> y [..., N]."""
+    return F.linear(x, nm_decompress_ref(values, indices, n, m), bias)
+
+
+def check_nm_linear_args(x, values, indices, n, m, bias) -> None:
+    check_compressed_args(values, indices, n, m)
+    check_tensor(values, "values", ndim=2)
+    check_tensor(x, "x")
+    k = values.shape[1] // n * m
+    if x.shape[-1] != k:
+        raise ValueError(
+            f"x has shape {tuple(x.shape)} but the weight has {k} input features "
+            f"(values {tuple(values.shape)}, {n}:{m}); x's last dim must be {k}"
+        )
+    if bias is not None:
+        check_tensor(bias, "bias", ndim=1)
+        if bias.shape[0] != values.shape[0]:
+            raise ValueError(
+                f"bias has shape {tuple(bias.shape)} but the weight has {values.shape[0]} "
+                f"output features; bias must be [{values.shape[0]}]"
+            )
+    check_same_dtype(x=x, values=values, bias=bias)
+    check_same_device(x=x, values=values, bias=bias)
+
+
+register("nm_linear", "reference")(nm_linear_ref)
+
+
+@torch.library.custom_op("step::nm_linear", mutates_args=())
+def _nm_linear_op(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+    n: int,
+    m: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    check_nm_linear_args(x, values, indices, n, m, bias)
+    _, impl = choose("nm_linear", x.device, x, values, indices, n, m, bias)
+    return impl(x, values.contiguous(), indices.contiguous(), n, m, bias)
+
+
+@_nm_linear_op.register_fake
+def _(x, values, indices, n, m, bias):
+    check_nm_linear_args(x, values, indices, n, m, bias)
+    return x.new_empty((*x.shape[:-1], values.shape[0]))
+
+
+def nm_linear(x: torch.Tensor, c: NMCompressed, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ W.T + bias`` where ``c = step.nm_compress(W, n, m)``, any N:M.
+
+    Args:
+        x: ``[..., K]``, float32/float16/bfloat16.
+        c: the compressed weight, ``c.shape == [N, K]``, x's dtype.
+        bias: ``[N]`` of x's dtype, or None.
+
+    Returns:
+        ``[..., N]`` of x's dtype. Inference only: no gradient flows to ``c``.
+    """
+    if not isinstance(c, NMCompressed):
+        raise TypeError(f"c must be a step.NMCompressed, got {type(c).__name__}")
+    check_nm_linear_args(x, c.values, c.indices, c.n, c.m, bias)
+    return torch.ops.step.nm_linear(x, c.values, c.indices, c.n, c.m, bias)
