@@ -178,7 +178,8 @@ class ASP(NMAdamW):
 
     def _prune(self) -> None:
         for p in self.sparse_params():
-            mask = sparsity_of(p).compute_mask(_local(p))
+            s = sparsity_of(p)
+            mask = s.compute_mask(_local(p))
             _local(p).masked_fill_(~mask, 0)
             self.state[p]["mask"] = mask
             s.set_mode("fixed", mask)
