@@ -8,11 +8,19 @@ Public API (stable names):
     step.from_sparse24(values, meta) -> dense
     step.sparse24_linear(x, values, meta, bias=None)
     step.masked_linear(x, w, n, m, bias=None)   autograd with the STE
+    step.nm_linear(x, c, bias=None)  x @ W.T + bias, W an NMCompressed
+    step.sparsify(model, n=2, m=4, include=None, exclude=None)   in place
+    step.freeze(model)               fix masks, prune, compressed inference in eval()
+    step.summarize(model)            table of the sparse layers
+    step.export(model, path, format="dense"|"compressed")
+    step.load_sparse(path, model=None, device="cpu")
     step.backends(device=None)       which backends can run, and why not
 """
 
 from . import nn, optim
 from ._version import __version__
+from .export import export, load_sparse
+from .nn import freeze, restore_sparsity, sparsify, summarize
 from .ops import (
     BackendError,
     BackendStatus,
@@ -22,6 +30,7 @@ from .ops import (
     masked_linear,
     nm_compress,
     nm_decompress,
+    nm_linear,
     nm_mask,
     sparse24_linear,
     to_sparse24,
@@ -36,6 +45,13 @@ __all__ = [
     "BackendStatus",
     "NMCompressed",
     "backends",
+    "export",
+    "freeze",
+    "load_sparse",
+    "nm_linear",
+    "restore_sparsity",
+    "sparsify",
+    "summarize",
     "from_sparse24",
     "masked_linear",
     "nm_compress",

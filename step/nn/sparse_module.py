@@ -67,16 +67,25 @@ class SparseWeightMixin:
             return torch.where(state.mask, w, 0)
         return w
 
-    @torch.no_grad()
-    def freeze(self) -> None:
-        """Prune the weight to exact N:M in place (+0.0 at pruned entries) and fix the
-        mask: the current fixed mask if there is one, else the weight's N:M mask."""
+    def current_mask(self) -> torch.Tensor:
+        """The mask in force: the fixed mask, else the N:M mask of the current weight."""
         state = self.sparsity
-        mask = state.mask if state.mode == "fixed" else state.current_mask(self.weight)
-        self.weight.masked_fill_(~mask.to(self.weight.device), 0)
-        state.set_mode("fixed", mask)
+        if state.mode == "fixed":
+            return state.mask.to(self.weight.device)
+        return state.current_mask(self.weight)
+
+    @torch.no_grad()
+    def freeze(self, compressed: CompressedWeight | None = None) -> None:
+        """Prune the weight to exact N:M in place (+0.0 at pruned entries) and fix the
+        mask (:meth:`current_mask`). ``compressed``: the compressed copy of the pruned
+        weight if the caller has it (loaders), else it is computed."""
+        mask = self.current_mask()
+        self.weight.masked_fill_(~mask, 0)
+        self.sparsity.set_mode("fixed", mask)
         self._frozen = True
-        if self.LINEAR_LIKE:
+        if compressed is not None:
+            self.set_compressed_weight(compressed)
+        elif self.LINEAR_LIKE:
             self.compressed_weight()
 
     # ---------------------------------------------------------- compressed inference

@@ -1,0 +1,6 @@
+"""Export sparse checkpoints (dense or compressed safetensors) and load them back."""
+
+from .load import load_sparse
+from .save import FORMATS, ExportReport, export
+
+__all__ = ["FORMATS", "ExportReport", "export", "load_sparse"]

@@ -1,0 +1,191 @@
+"""``step.load_sparse``: an exported checkpoint back into a model, in inference mode.
+
+Everything is validated before the model is touched: the header (format version, N:M,
+layouts), the tensors against the model (missing, extra, shapes, dtypes), checksums
+(truncated or corrupted files), and the sparse data itself (2:4 metadata codes, N:M
+positions, exact N:M of dense weights). Only safetensors and JSON are read: no pickle.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..nn.convert import convert
+from ..nn.sparse_module import SparseWeightMixin
+from ..nn.sparsity import NMSparsity
+from ..ops.compressed_weight import CUTLASS_2TO4, CompressedWeight
+from ..ops.nm_compress import NMCompressed
+from .format import DTYPES, check_cutlass_meta, expected_compressed_shapes, ungrouped
+from .reader import Checkpoint, read_checkpoint
+from .semi_structured import to_semi_structured
+
+
+def _build_model(ckpt: Checkpoint) -> nn.Module:
+    """The Hugging Face model described by the checkpoint's ``config.json``."""
+    config_file = ckpt.directory / "config.json"
+    if not config_file.is_file():
+        raise ValueError(
+            f"{ckpt.directory} has no config.json to build the model from: pass model= "
+            "(an instance of the exported model's class)"
+        )
+    try:
+        import transformers
+    except ImportError:
+        raise ImportError("building a model from config.json needs transformers: pip install "
+                          "transformers, or pass model=") from None  # fmt: skip
+    architectures = json.loads(config_file.read_text()).get("architectures") or []
+    cls = getattr(transformers, architectures[0], None) if architectures else None
+    if cls is None:
+        raise ValueError(f"{config_file}: unknown architectures {architectures!r}; pass model=")
+    model = cls(transformers.AutoConfig.from_pretrained(ckpt.directory))
+    dtypes = {spec["dtype"] for spec in ckpt.sparse.values()}
+    return model.to(DTYPES[dtypes.pop()]) if len(dtypes) == 1 else model
+
+
+def _check_against_model(ckpt: Checkpoint, model: nn.Module) -> None:
+    src = str(ckpt.file)
+    expected = model.state_dict()
+    stored_for = {}  # logical name -> (shape, dtype) as it will load
+    for weight, spec in ckpt.sparse.items():
+        stored_for[weight] = (tuple(spec["shape"]), DTYPES[spec["dtype"]])
+    claimed = {n for w in ckpt.sparse for n in ckpt.stored_names(w).values()}
+    for name, (shape, dtype) in ckpt.stored.items():
+        if name not in claimed:
+            stored_for[name] = (shape, dtype)
+    logical = set(stored_for) | set(ckpt.aliases)
+    missing, extra = sorted(set(expected) - logical), sorted(logical - set(expected))
+    if missing:
+        raise ValueError(f"{src}: missing tensors the model needs: {missing[:8]}"
+                         + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+    if extra:
+        raise ValueError(f"{src}: tensors the model does not have: {extra[:8]}"
+                         + (f" and {len(extra) - 8} more" if len(extra) > 8 else ""))
+    for alias, target in ckpt.aliases.items():
+        if target not in stored_for:
+            raise ValueError(f"{src}: alias {alias!r} points to {target!r}, which is not stored")
+    for name, (shape, dtype) in stored_for.items():
+        want = expected[name]
+        if tuple(want.shape) != shape:
+            raise ValueError(f"{src}: tensor {name!r} has shape {shape} but the model's is "
+                             f"{tuple(want.shape)}")  # fmt: skip
+        if want.dtype != dtype:
+            raise ValueError(
+                f"{src}: tensor {name!r} is {dtype} but the model's is {want.dtype}; convert "
+                f"the model first (model.to({dtype}))"
+            )
+    modules = dict(model.named_modules())
+    for weight, spec in ckpt.sparse.items():
+        _check_layer(src, weight, spec, modules.get(weight.rpartition(".")[0]))
+        if ckpt.format == "compressed":
+            for role, (shape, dtype) in expected_compressed_shapes(spec).items():
+                name = ckpt.stored_names(weight)[role]
+                if ckpt.stored.get(name) != (shape, dtype):
+                    raise ValueError(f"{src}: {name!r} should be {dtype} {shape}, found "
+                                     f"{ckpt.stored.get(name, 'nothing')}")  # fmt: skip
+
+
+def _check_layer(src: str, weight: str, spec: dict, layer: nn.Module | None) -> None:
+    from ..nn.convert import _convertible
+
+    if layer is None or not (isinstance(layer, SparseWeightMixin) or _convertible(layer)):
+        kind = type(layer).__name__ if layer is not None else "nothing"
+        raise ValueError(f"{src}: {weight} is sparse but the model has {kind} there, which "
+                         "cannot be N:M sparse")  # fmt: skip
+    if isinstance(layer, SparseWeightMixin):
+        n, m = layer.sparsity.n, layer.sparsity.m
+        if (n, m) != (spec["n"], spec["m"]):
+            raise ValueError(f"{src}: {weight} is {spec['n']}:{spec['m']} in the file but "
+                             f"{n}:{m} in the model")  # fmt: skip
+    axis = _layer_axis(layer) % len(spec["shape"])
+    if spec["axis"] % len(spec["shape"]) != axis:
+        raise ValueError(f"{src}: {weight} is grouped along axis {spec['axis']} in the file "
+                         f"but the layer groups along axis {axis}")  # fmt: skip
+
+
+def _layer_axis(layer: nn.Module) -> int:
+    if isinstance(layer, SparseWeightMixin):
+        return layer.AXIS
+    return {nn.Linear: -1, nn.Conv2d: 1}.get(type(layer), 0)
+
+
+def _read_sparse(ckpt: Checkpoint, weight: str, spec: dict):
+    """(dense weight, kept mask, CompressedWeight or None) of one sparse weight, checked."""
+    n, m, axis, shape = spec["n"], spec["m"], spec["axis"], tuple(spec["shape"])
+    if ckpt.format == "dense":
+        dense = ckpt.tensor(weight)
+        groups = NMSparsity(n, m, axis=axis).grouped(dense).reshape(-1, m)
+        worst = int((groups != 0).sum(1).max()) if groups.numel() else 0
+        if worst > n:
+            raise ValueError(f"{ckpt.file}: {weight} is not {n}:{m} sparse (a group holds "
+                             f"{worst} nonzeros)")  # fmt: skip
+        return dense, None, None
+    names = ckpt.stored_names(weight)
+    values = ckpt.tensor(names["values"])
+    meta = ckpt.tensor(names["meta" if spec["layout"] == CUTLASS_2TO4 else "indices"])
+    if spec["layout"] == CUTLASS_2TO4:
+        check_cutlass_meta(meta, names["meta"], str(ckpt.file))
+    else:
+        try:
+            NMCompressed(values, meta, n, m).validate()
+        except ValueError as e:
+            raise ValueError(f"{ckpt.file}: {names['indices']}: {e}") from None
+    cw = CompressedWeight(spec["layout"], values, meta, n, m)
+    kept = CompressedWeight(spec["layout"], torch.ones_like(values), meta, n, m).dense() != 0
+    return ungrouped(cw.dense(), shape, axis), ungrouped(kept, shape, axis), cw
+
+
+def load_sparse(
+    path: str | Path,
+    model: nn.Module | None = None,
+    device: torch.device | str = "cpu",
+    semi_structured: bool = False,
+) -> nn.Module:
+    """Load an export of :func:`step.export` into an inference-mode model.
+
+    Args:
+        path: the export directory (or its ``.safetensors`` file); dense or compressed.
+        model: an instance of the exported model's class (dense or already sparsified,
+            any weights) to fill in place; None builds the Hugging Face model described
+            by the directory's ``config.json``.
+        device: where the model ends up.
+        semi_structured: on sm80+ CUDA GPUs, run 2:4 float16/bfloat16 linear layers as
+            PyTorch ``SparseSemiStructuredTensor`` weights instead of step's kernels.
+
+    Returns:
+        The model with the exported layers N:M sparse and frozen, in ``eval()`` mode.
+
+    Raises:
+        ValueError: anything in the file that does not fit (named), before the model
+            is changed. FileNotFoundError: no export at ``path``.
+    """
+    ckpt = read_checkpoint(path)
+    if model is None:
+        model = _build_model(ckpt)
+    _check_against_model(ckpt, model)
+    sparse = {w: _read_sparse(ckpt, w, spec) for w, spec in ckpt.sparse.items()}
+    state = {name: ckpt.tensor(name) for name in ckpt.stored
+             if name not in {n for w in ckpt.sparse for n in ckpt.stored_names(w).values()}}
+    state.update({w: dense for w, (dense, _, _) in sparse.items()})
+    state.update({alias: state[target] for alias, target in ckpt.aliases.items()})
+    # validated: from here on the model changes
+    convert(model, {w.rpartition(".")[0]: (s["n"], s["m"]) for w, s in ckpt.sparse.items()})
+    model.to(device)
+    model.load_state_dict(state, strict=True)
+    modules = dict(model.named_modules())
+    for weight, (_, kept, cw) in sparse.items():
+        layer = modules[weight.rpartition(".")[0]]
+        if kept is not None:
+            layer.sparsity.set_mode("fixed", kept.to(device))
+        fits = cw is not None and layer.LINEAR_LIKE
+        layer.freeze(compressed=_to_device(cw, device) if fits else None)
+    if semi_structured:
+        to_semi_structured(model)
+    return model.eval()
+
+
+def _to_device(cw: CompressedWeight, device) -> CompressedWeight:
+    return CompressedWeight(cw.layout, cw.values.to(device), cw.meta.to(device), cw.n, cw.m)

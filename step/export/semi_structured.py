@@ -1,0 +1,37 @@
+"""Frozen 2:4 linear layers as PyTorch ``SparseSemiStructuredTensor`` weights (sm80+)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn.sparse_conv1d import SparseConv1D
+from ..nn.sparse_linear import SparseLinear
+from ..ops.checks import HALF_DTYPES
+
+
+def to_semi_structured(model: nn.Module) -> nn.Module:
+    """Replace every frozen 2:4 half-precision :class:`~step.nn.SparseLinear` /
+    :class:`~step.nn.SparseConv1D` of ``model`` by an ``nn.Linear`` whose weight is
+    ``torch.sparse.to_sparse_semi_structured`` of the pruned weight. Inference only."""
+    layers = {
+        name: mod for name, mod in model.named_modules()
+        if isinstance(mod, SparseLinear | SparseConv1D) and mod.frozen
+        and (mod.sparsity.n, mod.sparsity.m) == (2, 4)
+    }  # fmt: skip
+    for name, layer in layers.items():
+        w = layer.sparsity.grouped(layer.weight.detach())  # [out, in]
+        if w.device.type != "cuda" or torch.cuda.get_device_capability(w.device) < (8, 0):
+            raise ValueError(f"{name}: semi_structured=True needs an sm80+ CUDA GPU; the "
+                             f"weight is on {w.device}")  # fmt: skip
+        if w.dtype not in HALF_DTYPES:
+            raise ValueError(f"{name}: semi-structured weights must be float16/bfloat16, got "
+                             f"{w.dtype}; convert the model first")  # fmt: skip
+        linear = nn.Linear(w.shape[1], w.shape[0], device="meta")
+        linear.weight = nn.Parameter(
+            torch.sparse.to_sparse_semi_structured(w.contiguous()), requires_grad=False
+        )
+        linear.bias = layer.bias
+        parent_name, _, child = name.rpartition(".")
+        setattr(model.get_submodule(parent_name), child, linear)
+    return model.eval()

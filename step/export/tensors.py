@@ -1,0 +1,69 @@
+"""What an export writes: the model's tensors, tied ones once, sparse weights pruned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..nn.sparse_module import SparseWeightMixin
+
+
+@dataclass(frozen=True)
+class SparseTensor:
+    """A sparse weight to export: pruned to exact N:M (+0.0 at pruned entries)."""
+
+    pruned: torch.Tensor
+    mask: torch.Tensor
+    n: int
+    m: int
+    axis: int
+
+
+@dataclass(frozen=True)
+class ModelTensors:
+    dense: dict[str, torch.Tensor]
+    sparse: dict[str, SparseTensor]
+    aliases: dict[str, str]  # tied state_dict key -> the key it is stored under
+
+    def dense_bytes(self) -> int:
+        """Bytes of every stored tensor at full (dense) size."""
+        tensors = [*self.dense.values(), *(s.pruned for s in self.sparse.values())]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _storage_key(t: torch.Tensor) -> tuple:
+    return (t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            t.stride(), t.dtype)  # fmt: skip
+
+
+@torch.no_grad()
+def model_tensors(model: nn.Module) -> ModelTensors:
+    """Split ``model.state_dict()`` into dense tensors, sparse weights and aliases.
+
+    Tied tensors (same storage, shape and strides) are kept once, under the first key in
+    ``state_dict`` order, as Hugging Face's ``save_pretrained`` does.
+    """
+    layers = {}
+    for name, mod in model.named_modules(remove_duplicate=False):
+        if isinstance(mod, SparseWeightMixin):
+            layers[f"{name}.weight" if name else "weight"] = mod
+    dense, sparse, aliases, first = {}, {}, {}, {}
+    for key, t in model.state_dict().items():
+        if t.is_meta:
+            raise ValueError(f"{key} is on the meta device: load real weights before exporting")
+        skey = _storage_key(t)
+        if skey in first:
+            aliases[key] = first[skey]
+            continue
+        first[skey] = key
+        layer = layers.get(key)
+        if layer is None:
+            dense[key] = t.cpu()
+            continue
+        mask = layer.current_mask()
+        s = layer.sparsity
+        pruned = torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        sparse[key] = SparseTensor(pruned.cpu(), mask.cpu(), s.n, s.m, s.axis % t.dim())
+    return ModelTensors(dense, sparse, aliases)

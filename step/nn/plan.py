@@ -1,0 +1,72 @@
+"""The sparsity plan of a model: which layers are N:M, and whether they are frozen.
+
+``{"format_version": 1, "layers": {name: {"n": n, "m": m}}, "frozen": bool}``. Stored in a
+Hugging Face ``model.config`` as ``step_sparsity`` (so ``save_pretrained`` writes it to
+``config.json``), and in exported checkpoints. :func:`restore_sparsity` applies it to a
+freshly loaded dense model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .sparse_module import SparseWeightMixin
+
+PLAN_VERSION = 1
+CONFIG_KEY = "step_sparsity"
+
+
+def sparsity_plan(model: nn.Module) -> dict[str, Any]:
+    """The plan of ``model``'s sparse layers as they are now."""
+    layers, frozen = {}, []
+    for name, mod in model.named_modules():
+        if isinstance(mod, SparseWeightMixin):
+            layers[name] = {"n": mod.sparsity.n, "m": mod.sparsity.m}
+            frozen.append(mod.frozen)
+    return {"format_version": PLAN_VERSION, "layers": layers, "frozen": bool(frozen) and all(frozen)}
+
+
+def record_plan(model: nn.Module) -> None:
+    """Write the plan into ``model.config`` if it is a Hugging Face config."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "to_dict"):
+        setattr(config, CONFIG_KEY, sparsity_plan(model))
+
+
+def check_plan(plan: object, source: str) -> dict[str, Any]:
+    """``plan`` is a well-formed plan (else ``ValueError`` naming ``source``)."""
+    if not isinstance(plan, dict) or not isinstance(plan.get("layers"), dict):
+        raise ValueError(f"{source}: not a step sparsity plan (expected a 'layers' mapping)")
+    if plan.get("format_version") != PLAN_VERSION:
+        raise ValueError(
+            f"{source}: sparsity plan format_version {plan.get('format_version')!r} is not "
+            f"supported (this step-sparsity reads version {PLAN_VERSION}); upgrade step-sparsity"
+        )
+    for name, spec in plan["layers"].items():
+        if not isinstance(spec, dict) or not {"n", "m"} <= set(spec):
+            raise ValueError(f"{source}: layer {name!r} needs 'n' and 'm', got {spec!r}")
+    return plan
+
+
+def restore_sparsity(model: nn.Module, plan: dict[str, Any] | None = None) -> nn.Module:
+    """Re-apply a sparsity plan to ``model`` (default: ``model.config.step_sparsity``,
+    as after ``from_pretrained``): the same layers become N:M sparse, frozen if they were.
+
+    Returns ``model``. Raises ``ValueError`` if there is no plan or it does not fit.
+    """
+    from .convert import convert
+    from .freeze import freeze
+
+    if plan is None:
+        plan = getattr(getattr(model, "config", None), CONFIG_KEY, None)
+        if plan is None:
+            raise ValueError(
+                "the model carries no sparsity plan (model.config.step_sparsity); pass plan="
+            )
+    check_plan(plan, "sparsity plan")
+    convert(model, {name: (s["n"], s["m"]) for name, s in plan["layers"].items()})
+    if plan.get("frozen"):
+        freeze(model)
+    return model
