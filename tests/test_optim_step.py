@@ -255,7 +255,8 @@ def test_bad_sparse_groups():
         STEP([{"params": [lin.weight], "nm": (2, 4)}])
     with pytest.raises(ValueError, match="1 <= n < m"):
         STEP([{"params": [lin.weight], "nm": (4, 4)}])
-    with pytest.raises(ValueError, match=r"SparseLinear.weight has shape \(4, 6\).*size 6.*not divisible by m=4"):
+    message = r"SparseLinear.weight has shape \(4, 6\).*size 6.*not divisible by m=4"
+    with pytest.raises(ValueError, match=message):
         SparseLinear(6, 4)
     with pytest.raises(ValueError, match="unknown AutoSwitch criterion"):
         STEP(make_model().parameters(), autoswitch=AutoSwitch(criterion="soon"))

@@ -109,7 +109,7 @@ def check_sparse_entry(
     return spec
 
 
-def expected_compressed_shapes(spec: dict[str, Any]) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+def expected_compressed_shapes(spec: dict[str, Any]) -> dict[str, tuple[tuple, torch.dtype]]:
     """Shapes and dtypes of the stored tensors of one sparse weight, by suffix."""
     shape, axis, n, m = spec["shape"], spec["axis"], spec["n"], spec["m"]
     k = shape[axis]

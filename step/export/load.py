@@ -59,11 +59,15 @@ def _check_against_model(ckpt: Checkpoint, model: nn.Module) -> None:
     logical = set(stored_for) | set(ckpt.aliases)
     missing, extra = sorted(set(expected) - logical), sorted(logical - set(expected))
     if missing:
-        raise ValueError(f"{src}: missing tensors the model needs: {missing[:8]}"
-                         + (f" and {len(missing) - 8} more" if len(missing) > 8 else ""))
+        raise ValueError(
+            f"{src}: missing tensors the model needs: {missing[:8]}"
+            + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        )
     if extra:
-        raise ValueError(f"{src}: tensors the model does not have: {extra[:8]}"
-                         + (f" and {len(extra) - 8} more" if len(extra) > 8 else ""))
+        raise ValueError(
+            f"{src}: tensors the model does not have: {extra[:8]}"
+            + (f" and {len(extra) - 8} more" if len(extra) > 8 else "")
+        )
     for alias, target in ckpt.aliases.items():
         if target not in stored_for:
             raise ValueError(f"{src}: alias {alias!r} points to {target!r}, which is not stored")
@@ -167,8 +171,11 @@ def load_sparse(
         model = _build_model(ckpt)
     _check_against_model(ckpt, model)
     sparse = {w: _read_sparse(ckpt, w, spec) for w, spec in ckpt.sparse.items()}
-    state = {name: ckpt.tensor(name) for name in ckpt.stored
-             if name not in {n for w in ckpt.sparse for n in ckpt.stored_names(w).values()}}
+    state = {
+        name: ckpt.tensor(name)
+        for name in ckpt.stored
+        if name not in {n for w in ckpt.sparse for n in ckpt.stored_names(w).values()}
+    }
     state.update({w: dense for w, (dense, _, _) in sparse.items()})
     state.update({alias: state[target] for alias, target in ckpt.aliases.items()})
     # validated: from here on the model changes

@@ -110,7 +110,8 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     if kind == "compressed":
         source = str(file)
         check_version(metadata, COMPRESSED_FORMAT, source)
-        fields = {k: json_field(metadata, k, source) for k in ("sparse", "aliases", "plan", "sha256")}
+        keys = ("sparse", "aliases", "plan", "sha256")
+        fields = {k: json_field(metadata, k, source) for k in keys}
     else:
         source = str(directory / DENSE_SIDECAR)
         try:

@@ -138,4 +138,3 @@ def export(model: nn.Module, path: str | Path, format: str = "dense") -> ExportR
     files, stored, rows = writer(tensors, plan, path)
     files += _save_config(model, path)
     return ExportReport(path, format, files, stored, tensors.dense_bytes(), len(rows), rows)
-

@@ -184,7 +184,7 @@ def convert(model: nn.Module, targets: Mapping[str, tuple[int, int]]) -> nn.Modu
             raise ValueError(f"{name} is a {type(mod).__name__}; only Linear, Conv2d and "
                              "transformers Conv1D layers can be made N:M sparse")  # fmt: skip
         new = _to_sparse(mod, n, m)
-        for parent_name, parent in modules.items():  # every place the module is used
+        for parent in modules.values():  # every place the module is used
             for child_name, child in parent.named_children():
                 if child is mod:
                     setattr(parent, child_name, new)

@@ -25,7 +25,8 @@ def sparsity_plan(model: nn.Module) -> dict[str, Any]:
         if isinstance(mod, SparseWeightMixin):
             layers[name] = {"n": mod.sparsity.n, "m": mod.sparsity.m}
             frozen.append(mod.frozen)
-    return {"format_version": PLAN_VERSION, "layers": layers, "frozen": bool(frozen) and all(frozen)}
+    frozen_all = bool(frozen) and all(frozen)
+    return {"format_version": PLAN_VERSION, "layers": layers, "frozen": frozen_all}
 
 
 def record_plan(model: nn.Module) -> None:

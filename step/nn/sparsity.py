@@ -83,8 +83,9 @@ class NMSparsity:
         if not shape or shape[self.axis] % self.m:
             raise ValueError(
                 f"{name} has shape {tuple(shape)}: its reduction dim (axis {self.axis}, size "
-                f"{shape[self.axis] if shape else 0}) is not divisible by m={self.m}, so it cannot be N:M {self.n}:{self.m}. Leave "
-                "it dense, or choose an m that divides that dim"
+                f"{shape[self.axis] if shape else 0}) is not divisible by m={self.m}, so it "
+                f"cannot be N:M {self.n}:{self.m}. Leave it dense, or choose an m that "
+                "divides that dim"
             )
 
 

@@ -60,8 +60,7 @@ class SparsitySummary:
         ]  # fmt: skip
         widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
         lines = [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-            for row in rows
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
         ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         lines.append(
@@ -75,8 +74,15 @@ class SparsitySummary:
 def summarize(model: nn.Module) -> SparsitySummary:
     """A :class:`SparsitySummary` of ``model`` (print it for a table)."""
     rows = [
-        LayerRow(name, type(mod).__name__, tuple(mod.weight.shape), mod.sparsity.n,
-                 mod.sparsity.m, mod.sparsity.mode, mod.frozen)  # fmt: skip
+        LayerRow(
+            name,
+            type(mod).__name__,
+            tuple(mod.weight.shape),
+            mod.sparsity.n,
+            mod.sparsity.m,
+            mod.sparsity.mode,
+            mod.frozen,
+        )  # fmt: skip
         for name, mod in model.named_modules()
         if isinstance(mod, SparseWeightMixin)
     ]
