@@ -1,13 +1,18 @@
-"""The sparsity plan of a model: which layers are N:M, and whether they are frozen.
+"""The sparsity plan of a model: which layers are N:M, in which mode, whether frozen.
 
-``{"format_version": 1, "layers": {name: {"n": n, "m": m}}, "frozen": bool}``. Stored in a
-Hugging Face ``model.config`` as ``step_sparsity`` (so ``save_pretrained`` writes it to
+``{"format_version": 1, "layers": {name: {"n", "m", "mode"}}, "frozen": bool}``. Kept in
+a Hugging Face ``model.config`` as ``step_sparsity`` (so ``save_pretrained`` writes it to
 ``config.json``), and in exported checkpoints. :func:`restore_sparsity` applies it to a
 freshly loaded dense model.
+
+The config holds a *live* plan: serialising the config (which deep-copies it) reads the
+layers as they are at that moment, so the phase switch of the optimizer, made after
+``sparsify``, is what ``save_pretrained`` writes.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 from torch import nn
@@ -23,17 +28,35 @@ def sparsity_plan(model: nn.Module) -> dict[str, Any]:
     layers, frozen = {}, []
     for name, mod in model.named_modules():
         if isinstance(mod, SparseWeightMixin):
-            layers[name] = {"n": mod.sparsity.n, "m": mod.sparsity.m}
+            layers[name] = {"n": mod.sparsity.n, "m": mod.sparsity.m, "mode": mod.sparsity.mode}
             frozen.append(mod.frozen)
     frozen_all = bool(frozen) and all(frozen)
     return {"format_version": PLAN_VERSION, "layers": layers, "frozen": frozen_all}
 
 
+class _LivePlan(dict):
+    """The plan as a dict that deep-copies (and so serialises) to the model's plan now."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(sparsity_plan(model))
+        self._model = weakref.ref(model)
+
+    def __deepcopy__(self, memo) -> dict[str, Any]:
+        model = self._model()
+        plan = sparsity_plan(model) if model is not None else dict(self)
+        self.clear()
+        self.update(plan)
+        return {k: (dict(v) if isinstance(v, dict) else v) for k, v in plan.items()}
+
+    def __reduce__(self):
+        return dict, (self.__deepcopy__({}),)
+
+
 def record_plan(model: nn.Module) -> None:
-    """Write the plan into ``model.config`` if it is a Hugging Face config."""
+    """Keep the live plan in ``model.config`` if it is a Hugging Face config."""
     config = getattr(model, "config", None)
     if config is not None and hasattr(config, "to_dict"):
-        setattr(config, CONFIG_KEY, sparsity_plan(model))
+        setattr(config, CONFIG_KEY, _LivePlan(model))
 
 
 def check_plan(plan: object, source: str) -> dict[str, Any]:
@@ -68,6 +91,15 @@ def restore_sparsity(model: nn.Module, plan: dict[str, Any] | None = None) -> nn
             )
     check_plan(plan, "sparsity plan")
     convert(model, {name: (s["n"], s["m"]) for name, s in plan["layers"].items()})
+    modules = dict(model.named_modules())
+    for name, spec in plan["layers"].items():
+        layer, mode = modules[name], spec.get("mode", "dense")
+        if mode == "fixed":  # pruned entries were zeroed: the magnitude mask finds them
+            layer.sparsity.set_mode("fixed", layer.sparsity.compute_mask(layer.weight))
+        elif mode in ("dense", "ste"):
+            layer.sparsity.set_mode(mode)
+        else:
+            raise ValueError(f"sparsity plan: layer {name!r} has unknown mode {mode!r}")
     if plan.get("frozen"):
         freeze(model)
     return model
