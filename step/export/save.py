@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,8 @@ def _save_config(model: nn.Module, path: Path) -> list[Path]:
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         return []
+    config = copy.deepcopy(config)
+    config.architectures = [type(model).__name__]  # as save_pretrained records it
     config.save_pretrained(path)
     files = [path / "config.json"]
     generation = getattr(model, "generation_config", None)

@@ -185,7 +185,7 @@ def convert(model: nn.Module, targets: Mapping[str, tuple[int, int]]) -> nn.Modu
                              "transformers Conv1D layers can be made N:M sparse")  # fmt: skip
         new = _to_sparse(mod, n, m)
         for parent in modules.values():  # every place the module is used
-            for child_name, child in parent.named_children():
+            for child_name, child in list(parent._modules.items()):  # with repeats
                 if child is mod:
                     setattr(parent, child_name, new)
     record_plan(model)

@@ -72,6 +72,27 @@ def _(x, values, indices, n, m, bias):
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 
+def _setup_context(ctx, inputs, output) -> None:
+    x, values, indices, n, m, bias = inputs
+    ctx.save_for_backward(values, indices)
+    ctx.n, ctx.m, ctx.has_bias = n, m, bias is not None
+
+
+def _backward(ctx, grad_y: torch.Tensor):
+    # The weight is frozen (no gradient); x and bias get theirs, e.g. for adapters
+    # trained on top of a frozen sparse model.
+    values, indices = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_y @ torch.ops.step.nm_decompress(values, indices, ctx.n, ctx.m)
+    if ctx.has_bias and ctx.needs_input_grad[5]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return grad_x, None, None, None, None, grad_bias
+
+
+_nm_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def nm_linear(x: torch.Tensor, c: NMCompressed, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ W.T + bias`` where ``c = step.nm_compress(W, n, m)``, any N:M.
 
@@ -81,7 +102,7 @@ def nm_linear(x: torch.Tensor, c: NMCompressed, bias: torch.Tensor | None = None
         bias: ``[N]`` of x's dtype, or None.
 
     Returns:
-        ``[..., N]`` of x's dtype. Inference only: no gradient flows to ``c``.
+        ``[..., N]`` of x's dtype. Gradients flow to ``x`` and ``bias``, not to ``c``.
     """
     if not isinstance(c, NMCompressed):
         raise TypeError(f"c must be a step.NMCompressed, got {type(c).__name__}")

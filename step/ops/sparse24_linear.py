@@ -75,6 +75,26 @@ def _(x, values, meta, bias):
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 
+def _setup_context(ctx, inputs, output) -> None:
+    x, values, meta, bias = inputs
+    ctx.save_for_backward(values, meta)
+    ctx.has_bias = bias is not None
+
+
+def _backward(ctx, grad_y: torch.Tensor):
+    # The compressed weight is frozen; x and bias get gradients (adapters on top).
+    values, meta = ctx.saved_tensors
+    grad_x = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_y @ torch.ops.step.sparse24_decompress(values, meta)
+    if ctx.has_bias and ctx.needs_input_grad[3]:
+        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+    return grad_x, None, None, grad_bias
+
+
+_sparse24_linear_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def sparse24_linear(
     x: torch.Tensor,
     values: torch.Tensor,
@@ -90,7 +110,8 @@ def sparse24_linear(
         bias: ``[N]`` of x's dtype, or None.
 
     Returns:
-        ``[..., N]`` of x's dtype. Inference only: no gradient flows to values/meta.
+        ``[..., N]`` of x's dtype. Gradients flow to ``x`` and ``bias``, not to the
+        compressed weight.
     """
     check_sparse24_linear_args(x, values, meta, bias)
     return torch.ops.step.sparse24_linear(x, values, meta, bias)
