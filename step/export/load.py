@@ -185,8 +185,13 @@ def load_sparse(
     modules = dict(model.named_modules())
     for weight, (_, kept, cw) in sparse.items():
         layer = modules[weight.rpartition(".")[0]]
+        state = layer.sparsity
         if kept is not None:
-            layer.sparsity.set_mode("fixed", kept.to(device))
+            # laid out as NMSparsity.compute_mask lays masks out (grouping axis innermost),
+            # so a Conv2d computes bit for bit as the masked training layer does
+            state.set_mode("fixed", state.ungrouped(state.grouped(kept.to(device)).contiguous()))
+        else:  # dense file: freeze takes the loaded weight's mask, not one the model had
+            state.set_mode("dense")
         fits = cw is not None and layer.LINEAR_LIKE
         layer.freeze(compressed=_to_device(cw, device) if fits else None)
     if semi_structured:

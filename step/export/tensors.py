@@ -60,10 +60,14 @@ def model_tensors(model: nn.Module) -> ModelTensors:
         first[skey] = key
         layer = layers.get(key)
         if layer is None:
-            dense[key] = t.cpu()
+            dense[key] = t.contiguous().cpu()  # safetensors stores contiguous tensors only
             continue
         mask = layer.current_mask()
         s = layer.sparsity
         pruned = torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
-        sparse[key] = SparseTensor(pruned.cpu(), mask.cpu(), s.n, s.m, s.axis % t.dim())
+        # the mask of a layer grouped along a dim other than the last (Conv2d) is a
+        # movedim view, so ``pruned`` takes its strides: make it contiguous for safetensors
+        sparse[key] = SparseTensor(
+            pruned.contiguous().cpu(), mask.cpu(), s.n, s.m, s.axis % t.dim()
+        )
     return ModelTensors(dense, sparse, aliases)
