@@ -1,7 +1,8 @@
 """The ``step-sparsity`` command.
 
-Subcommands so far: ``info`` (versions, backends and why not, GPU). ``train``, ``bench``
-and ``export`` arrive with the optimizer, benchmark and export work.
+Subcommands so far: ``info`` (versions, backends and why not, GPU) and ``export`` (a
+saved sparse model to the dense / compressed formats). ``train`` and ``bench`` arrive
+with the CLI work.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 import torch
 
 from . import __version__
+from .export import command as export_command
 from .ops.dispatch import backends
 
 
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, GPU, and which backends can run (and why not)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
+    export_command.add_parser(sub)
     return parser
 
 
