@@ -152,20 +152,31 @@ def test_freeze_prunes_to_positive_zero_and_fixes_the_mask():
     [(torch.float16, (64, 128), CUTLASS_2TO4), (torch.bfloat16, (32, 64), CUTLASS_2TO4),
      (torch.float16, (8, 16), NM_POSITIONS), (torch.float32, (64, 64), NM_POSITIONS)],
 )  # fmt: skip
-def test_frozen_eval_runs_on_the_compressed_weight(dtype, shape, layout):
+def test_frozen_eval_runs_on_the_compressed_weight(dtype, shape, layout, monkeypatch):
     out_f, in_f = shape
     layer = SparseLinear(in_f, out_f).to(dtype)
     step.freeze(layer)
     layer.eval()
-    assert layer.compressed_weight().layout == layout
+    cw = layer.compressed_weight()
+    assert cw.layout == layout
+    calls = []
+    op = getattr(torch.ops.step, cw.op)
+    monkeypatch.setattr(torch.ops.step, cw.op, lambda *a: calls.append(1) or op(*a))
     x = torch.randn(5, in_f).to(dtype)
     want = torch.nn.functional.linear(x.double(), layer.weight.double(), layer.bias.double())
-    got = layer(x)
     baseline = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    # On CPU only the reference exists, which decodes then multiplies: the layer uses its
+    # pruned dense weight instead, unless a backend is forced.
+    assert_bits_equal(layer(x), baseline) and not calls
+    with step.use_backend("reference"):
+        got = layer(x)
+    assert calls == [1]
     err, ref_err = (got.double() - want).abs().max(), (baseline.double() - want).abs().max()
     assert err <= 2 * ref_err + 1e-6
     layer.train()  # training mode: the fixed-mask dense path
-    assert_bits_equal(layer(x), baseline)
+    with step.use_backend("reference"):
+        assert_bits_equal(layer(x), baseline)
+    assert calls == [1]
 
 
 def test_compressed_copy_follows_dtype_changes_and_updates():
@@ -176,10 +187,11 @@ def test_compressed_copy_follows_dtype_changes_and_updates():
     layer.half()
     assert layer.compressed_weight().layout == CUTLASS_2TO4
     x = torch.randn(3, 64, dtype=torch.float16)
-    before = layer(x)
-    with torch.no_grad():
-        layer.weight.mul_(2)
-    torch.testing.assert_close(layer(x) - layer.bias, 2 * (before - layer.bias))
+    with step.use_backend("reference"):
+        before = layer(x)
+        with torch.no_grad():
+            layer.weight.mul_(2)
+        torch.testing.assert_close(layer(x) - layer.bias, 2 * (before - layer.bias))
     assert layer.state_dict().keys() == {"weight", "bias"}  # buffers are not persistent
 
 
@@ -216,3 +228,20 @@ def test_layers_refuse_indivisible_reduction_dims():
         SparseConv1D(8, 6)
     with pytest.raises(RuntimeError, match="not frozen"):
         SparseLinear(8, 4).compressed_weight()
+
+
+@pytest.mark.parametrize("dtype,n,m", [(torch.float16, 2, 4), (torch.float32, 1, 4)])
+def test_gradients_reach_inputs_through_a_frozen_layer(dtype, n, m):
+    """Adapters on a frozen sparse model: dx and dbias through the compressed ops."""
+    layer = SparseLinear(64, 32, n=n, m=m).to(dtype)
+    step.freeze(layer)
+    layer.eval()
+    x = torch.randn(4, 64, dtype=dtype, requires_grad=True)
+    with step.use_backend("reference"):
+        layer(x).float().square().sum().backward()
+    x2 = x.detach().clone().requires_grad_()
+    torch.nn.functional.linear(
+        x2, layer.weight.detach(), layer.bias.detach()
+    ).float().square().sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad)
+    assert layer.weight.grad is None and layer.bias.grad is not None

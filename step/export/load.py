@@ -187,9 +187,11 @@ def load_sparse(
         layer = modules[weight.rpartition(".")[0]]
         state = layer.sparsity
         if kept is not None:
-            # laid out as NMSparsity.compute_mask lays masks out (grouping axis innermost),
-            # so a Conv2d computes bit for bit as the masked training layer does
-            state.set_mode("fixed", state.ungrouped(state.grouped(kept.to(device)).contiguous()))
+            # the file's mask (exactly n ones per group, which nm_mask keeps) made by the
+            # layer's own mask function, so its memory layout, and with it a Conv2d's
+            # summation order, is that of the masked training layer: bit-identical outputs
+            ones = kept.to(device=device, dtype=layer.weight.dtype)
+            state.set_mode("fixed", state.compute_mask(ones))
         else:  # dense file: freeze takes the loaded weight's mask, not one the model had
             state.set_mode("dense")
         fits = cw is not None and layer.LINEAR_LIKE

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sparse_module import SparseWeightMixin, linear_forward
+from .sparse_module import SparseWeightMixin, compressed_forward
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -53,8 +53,9 @@ class SparseConv1D(SparseWeightMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_compressed():
-            return linear_forward(self, x)
+        y = compressed_forward(self, x)
+        if y is not None:
+            return y
         flat = x.reshape(-1, self.nx)
         return torch.addmm(self.bias, flat, self.sparse_weight()).view(*x.shape[:-1], self.nf)
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..ops.masked_linear import masked_linear
-from .sparse_module import SparseWeightMixin, linear_forward
+from .sparse_module import SparseWeightMixin, compressed_forward
 
 
 class SparseLinear(SparseWeightMixin, nn.Linear):
@@ -55,10 +56,11 @@ class SparseLinear(SparseWeightMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.sparsity
-        if state.mode == "ste" and not self._frozen:
+        if state.mode == "ste":
             mask = state.current_mask(self.weight)
             return masked_linear(x, self.weight, state.n, state.m, self.bias, mask)
-        return linear_forward(self, x)
+        y = compressed_forward(self, x)
+        return y if y is not None else F.linear(x, self.sparse_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._sparse_extra_repr()}"

@@ -9,7 +9,6 @@ linear-like layers, a compressed copy that the eval-mode forward runs on.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from ..functional import ste_masked
 from ..ops.compressed_weight import CompressedWeight, compress_weight
@@ -121,8 +120,10 @@ class SparseWeightMixin:
         self._compressed_key = self._weight_key()
 
     def _weight_key(self) -> tuple:
+        # Inference tensors (made under torch.inference_mode) have no version counter;
+        # their in-place changes are not seen (documented).
         w = self.weight
-        return (w.data_ptr(), w.dtype, w.device, w._version)
+        return (w.data_ptr(), w.dtype, w.device, -1 if w.is_inference() else w._version)
 
     def _use_compressed(self) -> bool:
         return self._frozen and not self.training
@@ -132,8 +133,18 @@ class SparseWeightMixin:
         return f"n={s.n}, m={s.m}, mode={s.mode}" + (", frozen" if self._frozen else "")
 
 
-def linear_forward(layer, x: torch.Tensor) -> torch.Tensor:
-    """Forward of a linear-like sparse layer (``y = x @ W.T + b``, W grouped along ``in``)."""
-    if layer._use_compressed():
-        return layer.compressed_weight().linear(x, layer.bias)
-    return F.linear(x, layer.sparse_weight(), layer.bias)
+def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
+    """``x @ W.T + b`` on the compressed weight of a frozen linear-like layer in eval
+    mode, or None where the layer should run its usual forward.
+
+    The compressed weight is used where a kernel reads it directly; where only the
+    reference would (it decodes, then multiplies: slower than dense, same result), the
+    layer multiplies by its pruned dense weight instead. A compiled model always runs the
+    compressed op (the backend choice is not traced).
+    """
+    if not layer._use_compressed():
+        return None
+    cw = layer.compressed_weight()
+    if torch.compiler.is_compiling() or cw.runs_sparse(x, layer.bias):
+        return cw.linear(x, layer.bias)
+    return None

@@ -69,7 +69,7 @@ class NMSparsity:
         forward passes of gradient accumulation and the optimizer's SR-STE term, which
         all see the same weight, share one mask; any update of ``w`` invalidates it.
         """
-        if torch.compiler.is_compiling():  # the version counter is not traceable
+        if torch.compiler.is_compiling() or w.is_inference():  # no version counter
             return self.compute_mask(w)
         key = (w.data_ptr(), w.device, tuple(w.shape), w.stride(), w._version)
         if self._cache is None or self._cache[0] != key:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from .checks import HALF_DTYPES, check_nm, check_tensor
+from .dispatch import choose, forced_backend
 from .nm_compress import NMCompressed, nm_compress, nm_decompress
 from .nm_linear import nm_linear
 from .sparse24 import COL_MULTIPLE, ROW_MULTIPLE, from_sparse24, to_sparse24
@@ -67,6 +68,19 @@ class CompressedWeight:
         if self.layout == CUTLASS_2TO4:
             return sparse24_linear(x, self.values, self.meta, bias)
         return nm_linear(x, NMCompressed(self.values, self.meta, self.n, self.m), bias)
+
+    @property
+    def op(self) -> str:
+        """The ``step::`` op that multiplies by this weight."""
+        return "sparse24_linear" if self.layout == CUTLASS_2TO4 else "nm_linear"
+
+    def runs_sparse(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+        """Whether :meth:`linear` on ``x`` runs a kernel that reads the compressed weight
+        (any backend but ``reference``, whose decode-then-matmul only costs time), or the
+        reference is forced (``STEP_BACKEND``, :func:`step.use_backend`)."""
+        if forced_backend(self.op) is not None:
+            return True
+        return choose(self.op, x.device, x, self.values, self.meta, bias)[0] != "reference"
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.meta))
