@@ -3,7 +3,9 @@
 For each weight shape ``[N, K]``, dtype, N:M and token count: a dense ``nn.Linear`` and
 the same layer sparsified and frozen (``step.sparsify`` + ``step.freeze``, ``eval()``),
 which runs on its compressed weight (``step.sparse24_linear`` for 2:4 half precision,
-``step.nm_linear`` otherwise) with the automatically chosen backend. Outputs are checked
+``step.nm_linear`` otherwise) where a kernel reads it directly, else on its pruned dense
+weight ("frozen, auto"); and the compressed op forced to the reference backend (decode,
+then matmul: what a compressed weight costs without a kernel). Outputs are checked
 against the dense layer with the masked weight before anything is timed.
 
     python benchmarks/bench_inference.py                 # cuda if a GPU is visible, else cpu
@@ -82,30 +84,43 @@ def time_tokens(args, dense, sparse, tokens, layout, flush):
     base = masked(x, sparse[0].weight, sparse[0].bias).double()
     if (got - want).abs().max() > 2 * (base - want).abs().max() + 1e-6:
         raise RuntimeError(f"{n}x{k} {dtype} tokens={tokens}: wrong output")
-    fns = [lambda: dense(x), lambda: sparse(x)]
+    cw = sparse[0].compressed_weight()
+
+    def reference():
+        with step.use_backend(f"{cw.op}=reference"):
+            return sparse(x)
+
+    fns = [lambda: dense(x), lambda: sparse(x), reference]
     times = common.time_interleaved(fns, args.reps, args.warmup, flush)
     dense_bytes = n * k * dense.weight.element_size()
-    stored = sparse[0].compressed_weight().nbytes()
-    d, s = (common.timing_stats(t, 0)["median_ms"] for t in times)
+    d, s, r = (common.timing_stats(t, 0)["median_ms"] for t in times)
     return {
-        "tokens": tokens, "layout": layout, "dense_ms": d, "sparse_ms": s,
-        "speedup": d / s, "dense_weight_bytes": dense_bytes,
-        "sparse_weight_bytes": stored, "bytes_ratio": stored / dense_bytes,
+        "tokens": tokens, "layout": layout, "auto_backend": auto_backend(cw, x, sparse),
+        "dense_ms": d, "sparse_ms": s, "reference_ms": r, "speedup": d / s,
+        "reference_speedup": d / r, "dense_weight_bytes": dense_bytes,
+        "sparse_weight_bytes": cw.nbytes(), "bytes_ratio": cw.nbytes() / dense_bytes,
     }  # fmt: skip
+
+
+def auto_backend(cw, x, sparse) -> str:
+    if cw.runs_sparse(x, sparse[0].bias):
+        return step.ops.dispatch.choose(cw.op, x.device, x, cw.values, cw.meta, None)[0]
+    return "pruned dense (F.linear)"
 
 
 def markdown(head, records):
     lines = common.markdown_intro(head, threads=True) + [common.markdown_timer(head), ""]
     lines += [
-        "| weight N x K | dtype | N:M | layout | tokens | dense ms | sparse ms | "
-        "speed-up (dense/sparse) | weight bytes vs dense |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| weight N x K | dtype | N:M | layout | tokens | dense ms | frozen, auto ms "
+        "(runs on) | vs dense | compressed via reference ms | vs dense | weight bytes vs dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         lines.append(
             f"| {r['shape'][0]}x{r['shape'][1]} | {r['dtype']} | {r['nm']} | {r['layout']} | "
-            f"{r['tokens']} | {r['dense_ms']:.3f} | {r['sparse_ms']:.3f} | "
-            f"{r['speedup']:.2f}x | {100 * r['bytes_ratio']:.1f}% |"
+            f"{r['tokens']} | {r['dense_ms']:.3f} | {r['sparse_ms']:.3f} ({r['auto_backend']}) "
+            f"| {r['speedup']:.2f}x | {r['reference_ms']:.3f} | {r['reference_speedup']:.2f}x "
+            f"| {100 * r['bytes_ratio']:.1f}% |"
         )
     return "\n".join(lines) + "\n"
 

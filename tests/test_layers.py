@@ -36,9 +36,9 @@ def reference_mask(layer):
     """The N:M mask along the layer's reduction dim, computed independently."""
     w = layer.weight.detach()
     if isinstance(layer, SparseConv2d):  # groups along in-channels for each (out, kh, kw)
-        return step.nm_mask(w.permute(0, 2, 3, 1), 2, 4).permute(0, 3, 1, 2)
+        return step.nm_mask(w.permute(0, 2, 3, 1), 2, 4).permute(0, 3, 1, 2).contiguous()
     if isinstance(layer, SparseConv1D):  # [in, out]: groups along in
-        return step.nm_mask(w.t(), 2, 4).t()
+        return step.nm_mask(w.t(), 2, 4).t().contiguous()
     return step.nm_mask(w, 2, 4)
 
 

@@ -21,7 +21,7 @@ from ..ops.compressed_weight import CUTLASS_2TO4, CompressedWeight
 from ..ops.nm_compress import NMCompressed
 from .format import DTYPES, check_cutlass_meta, expected_compressed_shapes, ungrouped
 from .reader import Checkpoint, read_checkpoint
-from .semi_structured import to_semi_structured
+from .semi_structured import check_semi_structured_device, to_semi_structured
 
 
 def _build_model(ckpt: Checkpoint) -> nn.Module:
@@ -166,6 +166,8 @@ def load_sparse(
         ValueError: anything in the file that does not fit (named), before the model
             is changed. FileNotFoundError: no export at ``path``.
     """
+    if semi_structured:
+        check_semi_structured_device(device)
     ckpt = read_checkpoint(path)
     if model is None:
         model = _build_model(ckpt)

@@ -10,6 +10,13 @@ from ..nn.sparse_linear import SparseLinear
 from ..ops.checks import HALF_DTYPES
 
 
+def check_semi_structured_device(device: torch.device | str) -> None:
+    """``device`` is an sm80+ CUDA GPU (else ``ValueError``)."""
+    device = torch.device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 0):
+        raise ValueError(f"semi_structured=True needs an sm80+ CUDA GPU, not {device}")
+
+
 def to_semi_structured(model: nn.Module) -> nn.Module:
     """Replace every frozen 2:4 half-precision :class:`~step.nn.SparseLinear` /
     :class:`~step.nn.SparseConv1D` of ``model`` by an ``nn.Linear`` whose weight is

@@ -27,6 +27,7 @@ class SparseWeightMixin:
         self._sparsity = state
         self._frozen = False
         self._compressed_key: tuple | None = None
+        self._pruned_key: tuple | None = None
         self._mirror_sparsity()
 
     @property
@@ -61,6 +62,9 @@ class SparseWeightMixin:
         if state.mode == "ste":
             return ste_masked(w, state.current_mask(w))
         if state.mode == "fixed":
+            if self._frozen and not torch.compiler.is_compiling():
+                if self._pruned_key == self._weight_key():  # pruned in place, unchanged
+                    return w
             if state.mask.device != w.device:  # the mask is no buffer: follow .to()
                 state.mask = state.mask.to(w.device)
             return torch.where(state.mask, w, 0)
@@ -80,6 +84,7 @@ class SparseWeightMixin:
         weight if the caller has it (loaders), else it is computed."""
         mask = self.current_mask()
         self.weight.masked_fill_(~mask, 0)
+        self._pruned_key = self._weight_key()
         self.sparsity.set_mode("fixed", mask)
         self._frozen = True
         if compressed is not None:

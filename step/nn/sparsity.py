@@ -59,8 +59,11 @@ class NMSparsity:
         return t.movedim(-1, self.axis)
 
     def compute_mask(self, w: torch.Tensor) -> torch.Tensor:
-        """The N:M mask of ``w`` (bool, ``w``'s shape), groups along ``axis``."""
-        return self.ungrouped(nm_mask(self.grouped(w.detach()), self.n, self.m))
+        """The N:M mask of ``w`` (bool, ``w``'s shape and memory layout), groups along
+        ``axis``. Contiguous like the weight, so masked weights have the weight's strides
+        (convolutions sum in an order that depends on them)."""
+        mask = self.ungrouped(nm_mask(self.grouped(w.detach()), self.n, self.m))
+        return mask.contiguous() if w.is_contiguous() else mask
 
     def current_mask(self, w: torch.Tensor) -> torch.Tensor:
         """:meth:`compute_mask`, cached until ``w`` changes.
