@@ -1,8 +1,8 @@
 """The ``step-sparsity`` command.
 
-Subcommands so far: ``info`` (versions, backends and why not, GPU) and ``export`` (a
-saved sparse model to the dense / compressed formats). ``train`` and ``bench`` arrive
-with the CLI work.
+Subcommands: ``train`` (the main job: a task's model trained sparse and exported),
+``info`` (versions, backends and why not, GPU), ``export`` (a saved sparse model to the
+dense / compressed formats), ``bench`` (microbenchmarks against the baselines).
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from collections.abc import Sequence
 import torch
 
 from . import __version__
+from . import bench as bench_command
 from .export import command as export_command
+from .train import command as train_command
 from .ops.dispatch import backends
 
 
@@ -92,7 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="versions, GPU, and which backends can run (and why not)")
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
+    train_command.add_parser(sub)
     export_command.add_parser(sub)
+    bench_command.add_parser(sub)
     return parser
 
 

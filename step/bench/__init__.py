@@ -1,0 +1,207 @@
+"""``step-sparsity bench``: the kernel and optimizer microbenchmarks suited to the device.
+
+Each case is checked once, then timed against its baseline in the same run (round-robin,
+median of ``--reps`` after ``--warmup``): ``nm_mask`` and ``to_sparse24`` against a copy
+of the weight, a frozen 2:4 linear layer against ``nn.Linear``, one STEP step in each
+phase against ``AdamW``. Prints a table of the ratios (baseline ms / ours ms) and writes
+JSON. The standalone runners in ``benchmarks/`` measure more (backends, dtypes, shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib.metadata
+import json
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+from .._version import __version__
+from . import cases
+
+CASES = ("mask", "compress", "linear", "optimizer")
+SIZES = {
+    "cuda": {"weight": [8192, 8192], "linear": [4096, 4096], "tokens": [1, 16, 2048],
+             "model": [4096, 11008], "reps": 100, "warmup": 10},
+    "cpu": {"weight": [1024, 1024], "linear": [1024, 1024], "tokens": [1, 16, 256],
+            "model": [512, 2048], "reps": 20, "warmup": 3},
+    "quick": {"weight": [128, 128], "linear": [128, 128], "tokens": [1, 16],
+              "model": [64, 256], "reps": 3, "warmup": 1},
+}  # fmt: skip
+"""Per device (or ``--quick``): the ``[rows, K]`` weight of mask/compress, the linear
+layer's ``[N, K]`` and token counts, the transformer block's ``[d, ff]`` of the optimizer
+(q, k, v, o ``[d, d]``, up ``[ff, d]``, down ``[d, ff]``), and the default reps/warm-up."""
+
+
+def _device(text: str) -> str:
+    if text not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from cpu, cuda)")
+    if text == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            f"no CUDA GPU is visible to PyTorch (torch {torch.__version__}, CUDA build "
+            f"{torch.version.cuda}); run on a GPU machine or use --device cpu"
+        )
+    return text
+
+
+def _cases(text: str) -> list[str]:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    bad = [c for c in names if c not in CASES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose a comma-separated subset of "
+                                         f"{','.join(CASES)}")  # fmt: skip
+    return [c for c in CASES if c in names]
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        if not text.isdigit() or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= {minimum}")
+        return int(text)
+
+    return parse
+
+
+def add_parser(sub) -> None:
+    """Add the ``bench`` subcommand to the subparsers ``sub``."""
+    p = sub.add_parser(
+        "bench",
+        help="microbenchmarks of masks, compression, frozen layers and STEP vs baselines",
+        description="Check, then time against its baseline in the same run: nm_mask and "
+        "to_sparse24 vs a copy, a frozen 2:4 linear layer vs nn.Linear, one STEP step per "
+        "phase vs AdamW. Prints the ratios (baseline ms / ours ms) and writes JSON.",
+    )
+    p.add_argument(
+        "--device",
+        type=_device,
+        metavar="{cpu,cuda}",
+        default=None,
+        help="cpu or cuda (default: cuda if a GPU is visible, else cpu)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny sizes and few reps (CI, tests)")
+    p.add_argument("--reps", type=_count(1), help="timed reps (default cuda 100, cpu 20, quick 3)")
+    p.add_argument("--warmup", type=_count(0), help="warm-up calls (default 10, 3, quick 1)")
+    p.add_argument(
+        "--threads",
+        type=_count(0),
+        default=1,
+        help="CPU only: torch.set_num_threads (default 1; 0 keeps PyTorch's)",
+    )
+    p.add_argument("--out", type=Path, help="JSON file (default ./bench-<device>-<date>.json)")
+    p.add_argument(
+        "--cases",
+        type=_cases,
+        metavar="LIST",
+        default=list(CASES),
+        help=f"comma-separated subset of {','.join(CASES)} (default: all)",
+    )
+    p.set_defaults(func=run)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
+    names = [ln.partition(":")[2].strip() for ln in lines if ln.startswith("model name")]
+    return (names or [platform.processor() or platform.machine()])[0]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def header(device, reps: int, warmup: int, quick: bool, sizes: dict, names: list, now) -> dict:
+    timer = ("CUDA events, L2 flushed before each call" if device.type == "cuda"
+             else "time.perf_counter")  # fmt: skip
+    return {
+        "device_type": device.type,
+        "device_name": device_name(device),
+        "date": now.isoformat(timespec="seconds"),
+        "step": __version__,
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "triton": _version("triton"),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "threads": torch.get_num_threads() if device.type == "cpu" else None,
+        "reps": reps,
+        "warmup": warmup,
+        "quick": quick,
+        "timer": f"{timer}; ours and baseline round-robin; median",
+        "ratio": "baseline ms / ours ms (> 1: ours took less time)",
+        "sizes": sizes,
+        "cases": names,
+    }
+
+
+def _ms(value: float) -> str:
+    return f"{value:.4g}" if value >= 0.01 else f"{value:.2e}"
+
+
+def format_table(records: list[dict]) -> str:
+    rows = [("case", "shape / params", "dtype", "ours", "ours ms", "baseline", "baseline ms",
+             "ratio", "GB/s ours", "GB/s base")]  # fmt: skip
+    for r in records:
+        gbps = [f"{r[k]:.3g}" if r[k] is not None else "-" for k in ("gbps", "baseline_gbps")]
+        rows.append((r["case"], r["shape"], r["dtype"], r["ours"], _ms(r["ours_ms"]),
+                     r["baseline"], _ms(r["baseline_ms"]), f"{r['ratio']:.3g}", *gbps))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = {4, 6, 7, 8, 9}  # numbers
+    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w)
+                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
+             for row in rows]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _progress(names: list[str], device: torch.device) -> None:
+    print(f"bench: checking and timing {', '.join(names)} on {device.type}", file=sys.stderr,
+          flush=True)  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    preset = SIZES["quick" if args.quick else device.type]
+    sizes = {k: v for k, v in preset.items() if k not in ("reps", "warmup")}
+    reps = preset["reps"] if args.reps is None else args.reps
+    warmup = preset["warmup"] if args.warmup is None else args.warmup
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        now = datetime.datetime.now().astimezone()
+        head = header(device, reps, warmup, args.quick, sizes, args.cases, now)
+        timer = cases.Timer(device, reps, warmup)
+        records: list[dict] = []
+        kernels = [c for c in args.cases if c in ("mask", "compress")]
+        if kernels:
+            _progress(kernels, device)
+            records += cases.kernels(timer, *sizes["weight"], kernels)
+        if "linear" in args.cases:
+            _progress(["linear"], device)
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+            records += cases.linear(timer, *sizes["linear"], tuple(sizes["tokens"]), dtype)
+        if "optimizer" in args.cases:
+            _progress(["optimizer"], device)
+            records += cases.optimizer(timer, *sizes["model"])
+    finally:
+        torch.set_num_threads(threads)
+    out = args.out or Path(f"bench-{device.type}-{now.date().isoformat()}.json")
+    print(f"step-sparsity bench on {head['device_name']} ({device.type}), "
+          f"{head['date']}, torch {head['torch']}, step {head['step']}")  # fmt: skip
+    threads_note = f", {head['threads']} CPU thread(s)" if device.type == "cpu" else ""
+    print(f"median of {reps} reps after {warmup} warm-up, {head['timer']}{threads_note}")
+    print(format_table(records))
+    print("ratio = baseline ms / ours ms (> 1: ours took less time); GB/s = minimal bytes / "
+          "median time")  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"header": head, "records": records}, indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0

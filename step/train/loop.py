@@ -1,0 +1,152 @@
+"""One training run: a task's model, sparsified, trained with a recipe, evaluated, saved."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .. import nn as step_nn
+from ..optim import AutoSwitch
+from ..optim.recipes import make
+from ..tasks import make_task
+from . import checkpoint
+from .config import TrainConfig
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    recipe: str
+    final: dict[str, float]  # validation metrics of the model as shipped (frozen)
+    switch_step: int | None
+    steps: int
+    seconds: float
+    exports: dict[str, Any] = field(default_factory=dict)
+
+
+def _fraction(value: float, steps: int) -> int:
+    return max(1, round(value * steps)) if value < 1 else int(value)
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    kwargs: dict[str, Any] = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.recipe == "step":
+        kwargs.update(srste_decay=cfg.srste_decay, autoswitch=AutoSwitch(
+            t_min=_fraction(cfg.t_min, cfg.steps), t_max=_fraction(cfg.t_max, cfg.steps),
+            window=cfg.window, criterion=cfg.criterion, threshold=cfg.threshold))  # fmt: skip
+    elif cfg.recipe == "srste":
+        kwargs.update(srste_decay=cfg.srste_decay)
+    elif cfg.recipe == "asp":
+        kwargs.update(prune_at=_fraction(cfg.prune_at, cfg.steps))
+    return make(cfg.recipe, model.parameters(), **kwargs)
+
+
+def make_schedule(cfg: TrainConfig, opt) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, round(cfg.warmup * cfg.steps))
+
+    def factor(t: int) -> float:  # t counts finished steps
+        if t < warm:
+            return (t + 1) / warm
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (t - warm) / max(1, cfg.steps - warm))))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _state(model, opt, sched, t: int) -> dict[str, Any]:
+    state = {"step": t, "model": model.state_dict(), "optimizer": opt.state_dict(),
+             "schedule": sched.state_dict(), "rng": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda_rng"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore(state, model, opt, sched) -> int:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["schedule"])
+    torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return int(state["step"])
+
+
+def _last_sample(opt):
+    """The AutoSwitch record of this step, if the recipe has one."""
+    autoswitch = getattr(opt, "autoswitch", None)
+    return autoswitch.history[-1] if autoswitch is not None and autoswitch.history else None
+
+
+def _truncate_metrics(path: Path, after: int) -> None:
+    """Drop rows past ``after`` (a resumed run writes them again, identically)."""
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if json.loads(r)["step"] <= after]
+        path.write_text("".join(r + "\n" for r in rows))
+
+
+def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> RunResult:
+    """Train ``cfg`` (resolved) into ``run_dir``; ``resume`` continues its checkpoint."""
+    from .report import finish_run
+
+    device = torch.device(cfg.device)
+    task = make_task(cfg.task, cfg.seed, cfg.batch_size, device)
+    torch.manual_seed(cfg.seed)
+    model = task.build_model()
+    step_nn.sparsify(model, n=cfg.n, m=cfg.m)
+    model.to(device)
+    opt = make_optimizer(cfg, model)
+    sched = make_schedule(cfg, opt)
+    metrics = run_dir / "metrics.jsonl"
+    start = 0
+    if resume:
+        start = _restore(checkpoint.load(run_dir / "checkpoint"), model, opt, sched)
+        _truncate_metrics(metrics, start)
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    began = time.perf_counter()
+    bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps,
+               desc=f"{cfg.task} {cfg.recipe} {cfg.nm}", disable=quiet, unit="step")  # fmt: skip
+    with metrics.open("a") as log:
+        tick, items = time.perf_counter(), 0
+        for t in bar:
+            model.train()
+            phase_before = getattr(opt, "phase", None)
+            loss = task.loss(model, task.train_batch(t))
+            loss.backward()
+            if cfg.clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            items += task.items_per_batch()
+            phase = getattr(opt, "phase", "dense" if cfg.recipe == "dense" else "masked")
+            if phase_before == "precondition" and phase == "mask_learning":
+                bar.write(f"AutoSwitch: step {t}: v frozen, masks learned from now on")
+            if t % cfg.log_every == 0 or t == cfg.steps:
+                rate = items / (time.perf_counter() - tick)
+                record = _last_sample(opt) if phase == "precondition" else None
+                row = {"step": t, "loss": loss.item(), "lr": sched.get_last_lr()[0],
+                       "phase": phase, f"{task.items}_per_s": rate,
+                       "statistic": record.statistic if record else None}  # fmt: skip
+                log.write(json.dumps(row) + "\n")
+                bar.set_postfix(loss=f"{row['loss']:.3f}", phase=phase,
+                                stat=f"{row['statistic']:.3f}" if row["statistic"] else "-",
+                                **{f"{task.items}/s": f"{rate:,.0f}"})  # fmt: skip
+                tick, items = time.perf_counter(), 0
+            if t % cfg.eval_every == 0 or t == cfg.steps:
+                model.eval()
+                row = {"step": t, **task.evaluate(model)}
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
+                bar.write(f"step {t}: {shown}")
+                checkpoint.save(_state(model, opt, sched, t), run_dir / "checkpoint")
+    bar.close()
+    return finish_run(cfg, run_dir, task, model, opt, time.perf_counter() - began)

@@ -1,0 +1,100 @@
+"""The end of a run: the shipped model's metrics, exports checked for N:M, plots, summary."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .. import nn as step_nn
+from ..export import export
+from ..export.format import DENSE_WEIGHTS
+from ..nn.sparsity import NMSparsity
+from .config import TrainConfig
+from .loop import RunResult
+
+
+def verify_nm(dense_dir: Path, model: torch.nn.Module) -> int:
+    """Check every sparse weight of a dense export is exactly N:M along its axis; returns
+    how many were checked (raises ``RuntimeError`` on the first that is not)."""
+    sidecar = json.loads((dense_dir / "sparsity.json").read_text())
+    tensors = load_file(dense_dir / DENSE_WEIGHTS)
+    for name, spec in sidecar["tensors"].items():
+        groups = NMSparsity(spec["n"], spec["m"], axis=spec["axis"]).grouped(tensors[name])
+        worst = int((groups.reshape(-1, spec["m"]) != 0).sum(1).max())
+        if worst > spec["n"]:
+            raise RuntimeError(
+                f"exported {name} is not {spec['n']}:{spec['m']}: a group has {worst}"
+            )
+    return len(sidecar["tensors"])
+
+
+def _plots(run_dir: Path, history: list[dict], switch_step: int | None, metric: str) -> list[str]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots skipped: matplotlib is not installed (pip install 'step-sparsity[examples]')")
+        return []
+    rows = [json.loads(r) for r in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss")
+    ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "o-", label="validation loss")
+    if switch_step:
+        ax.axvline(switch_step, color="gray", ls="--", label=f"switch (step {switch_step})")
+    ax.set(xlabel="step", ylabel="loss", title=f"{run_dir.name}: loss")
+    ax.legend()
+    fig.savefig(run_dir / "loss.png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    files = ["loss.png"]
+    if history:
+        fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+        steps = [h["step"] for h in history]
+        top.semilogy(steps, [h["z"] for h in history], label="Z_t = mean|v_t - v_(t-1)|")
+        stats = [(h["step"], h["statistic"]) for h in history if h["statistic"] is not None]
+        if stats:
+            bottom.plot(*zip(*stats, strict=True), label="AutoSwitch statistic")
+        for ax in (top, bottom):
+            if switch_step:
+                ax.axvline(switch_step, color="gray", ls="--", label=f"switch (step {switch_step})")
+            ax.legend()
+        bottom.set_xlabel("step")
+        top.set_title(f"{run_dir.name}: AutoSwitch")
+        fig.savefig(run_dir / "autoswitch.png", dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        files.append("autoswitch.png")
+    return files
+
+
+def finish_run(cfg: TrainConfig, run_dir: Path, task, model, opt, seconds: float) -> RunResult:
+    autoswitch = getattr(opt, "autoswitch", None)
+    history = [vars(r) for r in autoswitch.history] if autoswitch is not None else []
+    switch_step = getattr(opt, "switch_step", None)
+    (run_dir / "autoswitch.json").write_text(json.dumps(
+        {"switch_step": switch_step, "history": history}) + "\n")  # fmt: skip
+    exports: dict = {}
+    if cfg.recipe != "dense":
+        step_nn.freeze(model)  # what ships: exact N:M, eval on the compressed path
+        for fmt in ("dense", "compressed"):
+            report = export(model, run_dir / "export" / fmt, format=fmt)
+            exports[fmt] = {"bytes": report.tensor_bytes, "dense_bytes": report.dense_bytes,
+                            "sparse_weights": report.sparse_layers}  # fmt: skip
+        exports["nm_verified"] = verify_nm(run_dir / "export" / "dense", model)
+    model.eval()
+    final = task.evaluate(model)
+    summary_obj = step_nn.summarize(model)
+    plots = _plots(run_dir, history, switch_step, task.metric)
+    summary = {
+        "task": cfg.task, "recipe": cfg.recipe, "nm": cfg.nm, "seed": cfg.seed,
+        "steps": cfg.steps, "seconds": seconds, "switch_step": switch_step,
+        "final": final, "metric": task.metric, "exports": exports, "plots": plots,
+        "sparse_layers": len(summary_obj.layers), "sparsity": summary_obj.sparsity,
+    }  # fmt: skip
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return RunResult(run_dir, cfg.recipe, final, switch_step, cfg.steps, seconds, exports)
