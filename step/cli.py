@@ -19,8 +19,8 @@ import torch
 from . import __version__
 from . import bench as bench_command
 from .export import command as export_command
-from .train import command as train_command
 from .ops.dispatch import backends
+from .train import command as train_command
 
 
 def _version(dist: str) -> str | None:
