@@ -26,6 +26,9 @@ class Task(ABC):
     default_steps: int
     default_batch_size: int
     default_lr: float
+    dense_layers: tuple[str, ...] = ()
+    """Module-name patterns ``step.sparsify`` leaves dense beyond its defaults (e.g. a
+    stem convolution whose 1 input channel cannot hold N:M groups)."""
 
     def __init__(self, seed: int, batch_size: int, device: torch.device) -> None:
         self.seed, self.batch_size, self.device = seed, batch_size, device

@@ -98,7 +98,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
     task = make_task(cfg.task, cfg.seed, cfg.batch_size, device)
     torch.manual_seed(cfg.seed)
     model = task.build_model()
-    step_nn.sparsify(model, n=cfg.n, m=cfg.m)
+    step_nn.sparsify(model, n=cfg.n, m=cfg.m, exclude=task.dense_layers)
     model.to(device)
     opt = make_optimizer(cfg, model)
     sched = make_schedule(cfg, opt)
