@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
+from ..text_table import format_table
 from . import cases
 
 CASES = ("mask", "compress", "linear", "optimizer")
@@ -145,20 +146,14 @@ def _ms(value: float) -> str:
     return f"{value:.4g}" if value >= 0.01 else f"{value:.2e}"
 
 
-def format_table(records: list[dict]) -> str:
+def results_table(records: list[dict]) -> str:
     rows = [("case", "shape / params", "dtype", "ours", "ours ms", "baseline", "baseline ms",
              "ratio", "GB/s ours", "GB/s base")]  # fmt: skip
     for r in records:
         gbps = [f"{r[k]:.3g}" if r[k] is not None else "-" for k in ("gbps", "baseline_gbps")]
         rows.append((r["case"], r["shape"], r["dtype"], r["ours"], _ms(r["ours_ms"]),
                      r["baseline"], _ms(r["baseline_ms"]), f"{r['ratio']:.3g}", *gbps))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    right = {4, 6, 7, 8, 9}  # numbers
-    lines = ["  ".join(c.rjust(w) if i in right else c.ljust(w)
-                       for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-             for row in rows]  # fmt: skip
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows, right={4, 6, 7, 8, 9})  # numbers right-aligned
 
 
 def _progress(names: list[str], device: torch.device) -> None:
@@ -198,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
           f"{head['date']}, torch {head['torch']}, step {head['step']}")  # fmt: skip
     threads_note = f", {head['threads']} CPU thread(s)" if device.type == "cpu" else ""
     print(f"median of {reps} reps after {warmup} warm-up, {head['timer']}{threads_note}")
-    print(format_table(records))
+    print(results_table(records))
     print("ratio = baseline ms / ours ms (> 1: ours took less time); GB/s = minimal bytes / "
           "median time")  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from torch import nn
 
 from ..nn.plan import CONFIG_KEY, restore_sparsity
+from ..text_table import format_table
 from .format import COMPRESSED_WEIGHTS, DENSE_SIDECAR, DTYPES
 from .load import load_sparse
 from .save import FORMATS, ExportReport, export
@@ -35,17 +36,12 @@ def load_source(src: Path) -> nn.Module:
     return restore_sparsity(cls.from_pretrained(src)).eval()
 
 
-def format_table(reports: list[ExportReport]) -> str:
+def export_table(reports: list[ExportReport]) -> str:
     rows = [("weight", "N:M", "format", "layout", "dense bytes", "stored bytes")]
     for r in reports:
         for name, nm, layout, dense, stored in r.layers:
             rows.append((name, nm, r.format, layout, f"{dense:,}", f"{stored:,}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in rows]  # fmt: skip
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    lines += [str(r) for r in reports]
-    return "\n".join(lines)
+    return "\n".join([format_table(rows, right={4, 5}), *map(str, reports)])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -60,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     for fmt in formats:
         out = Path(args.out) / fmt if len(formats) > 1 else Path(args.out)
         reports.append(export(model, out, format=fmt))
-    print(format_table(reports))
+    print(export_table(reports))
     return 0
 
 

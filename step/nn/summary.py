@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..text_table import format_table
 from .sparse_module import SparseWeightMixin
 
 
@@ -58,11 +59,7 @@ class SparsitySummary:
              r.mode + (" (frozen)" if r.frozen else ""), f"{r.params:,}")
             for r in self.layers
         ]  # fmt: skip
-        widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
-        lines = [
-            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-        ]
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines = [format_table(rows)]
         lines.append(
             f"{len(self.layers)} sparse layers, {self.sparse_params:,} of {self.total_params:,} "
             f"parameters N:M sparse, {self.pruned_params:,} pruned "

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from ..tasks import TASKS, MissingDataError
+from ..text_table import format_table
 from .config import ConfigError, TrainConfig, build, load_saved, read_file
 from .loop import RunResult, train
 
@@ -71,12 +72,7 @@ def _compare_table(results: list[RunResult], metric: str) -> str:
         check = f"N:M ok ({r.exports['nm_verified']} weights)" if r.exports else "dense"
         rows.append((r.recipe, f"{r.final[metric]:.4g}", f"{r.final['val_loss']:.4f}",
                      str(r.switch_step or "-"), check, f"{r.seconds:.0f}"))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows)
 
 
 def run(args: argparse.Namespace) -> int:
