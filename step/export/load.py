@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..nn.convert import convert
+from ..nn.convert import convert, convertible
 from ..nn.sparse_module import SparseWeightMixin
 from ..nn.sparsity import NMSparsity
 from ..ops.compressed_weight import CUTLASS_2TO4, CompressedWeight
@@ -93,9 +93,7 @@ def _check_against_model(ckpt: Checkpoint, model: nn.Module) -> None:
 
 
 def _check_layer(src: str, weight: str, spec: dict, layer: nn.Module | None) -> None:
-    from ..nn.convert import _convertible
-
-    if layer is None or not (isinstance(layer, SparseWeightMixin) or _convertible(layer)):
+    if layer is None or not (isinstance(layer, SparseWeightMixin) or convertible(layer)):
         kind = type(layer).__name__ if layer is not None else "nothing"
         raise ValueError(f"{src}: {weight} is sparse but the model has {kind} there, which "
                          "cannot be N:M sparse")  # fmt: skip

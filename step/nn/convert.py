@@ -31,7 +31,8 @@ DEFAULT_DENSE = (
 """Name patterns of layers left dense unless ``include`` names them."""
 
 
-def _convertible(module: nn.Module) -> bool:
+def convertible(module: nn.Module) -> bool:
+    """Whether :func:`sparsify` can convert ``module`` (Linear, Conv2d, HF Conv1D)."""
     return type(module) in (nn.Linear, nn.Conv2d) or is_hf_conv1d(module)
 
 
@@ -64,7 +65,7 @@ def _candidates(model: nn.Module) -> dict[str, nn.Module]:
         for child in mod.modules()
     }  # fmt: skip
     for name, mod in model.named_modules():
-        if _convertible(mod) and id(mod) not in seen and id(mod) not in attention:
+        if convertible(mod) and id(mod) not in seen and id(mod) not in attention:
             seen.add(id(mod))
             found[name] = mod
     return found
@@ -180,7 +181,7 @@ def convert(model: nn.Module, targets: Mapping[str, tuple[int, int]]) -> nn.Modu
             if (mod.sparsity.n, mod.sparsity.m) != (n, m):
                 raise ValueError(f"{name} is already {mod.sparsity.n}:{mod.sparsity.m} sparse")
             continue
-        if not _convertible(mod):
+        if not convertible(mod):
             raise ValueError(f"{name} is a {type(mod).__name__}; only Linear, Conv2d and "
                              "transformers Conv1D layers can be made N:M sparse")  # fmt: skip
         new = _to_sparse(mod, n, m)
