@@ -10,6 +10,8 @@ from .base import MissingDataError, Task
 
 TASKS = {
     "shakespeare": "step.tasks.shakespeare:Shakespeare",
+    "fashion-mnist": "step.tasks.fashion_mnist:FashionMNIST",
+    "minilm-sentiment": "step.tasks.minilm_sentiment:MiniLMSentiment",
 }
 """Task name -> ``module:class`` (imported only when chosen)."""
 
