@@ -94,7 +94,9 @@ def finish_run(cfg: TrainConfig, run_dir: Path, task, model, opt, seconds: float
         "task": cfg.task, "recipe": cfg.recipe, "nm": cfg.nm, "seed": cfg.seed,
         "steps": cfg.steps, "seconds": seconds, "switch_step": switch_step,
         "final": final, "metric": task.metric, "exports": exports, "plots": plots,
-        "sparse_layers": len(summary_obj.layers), "sparsity": summary_obj.sparsity,
+        # the dense baseline's layers are sparse layers in dense mode: nothing is pruned
+        "sparse_layers": len(summary_obj.layers) if exports else 0,
+        "sparsity": summary_obj.sparsity if exports else 0.0,
     }  # fmt: skip
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return RunResult(run_dir, cfg.recipe, final, switch_step, cfg.steps, seconds, exports)
