@@ -140,6 +140,16 @@ def _read_sparse(ckpt: Checkpoint, weight: str, spec: dict):
     return ungrouped(cw.dense(), shape, axis), ungrouped(kept, shape, axis), cw
 
 
+def verify_export(path: str | Path) -> int:
+    """Read an export of either format and check every sparse weight's data as
+    :func:`load_sparse` does (checksums, metadata codes, positions, exact N:M), without a
+    model. Returns how many sparse weights were checked; raises ``ValueError``."""
+    ckpt = read_checkpoint(path)
+    for weight, spec in ckpt.sparse.items():
+        _read_sparse(ckpt, weight, spec)
+    return len(ckpt.sparse)
+
+
 def load_sparse(
     path: str | Path,
     model: nn.Module | None = None,
