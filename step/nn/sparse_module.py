@@ -94,10 +94,6 @@ class SparseWeightMixin:
 
     # ---------------------------------------------------------- compressed inference
 
-    def _linear_weight(self) -> torch.Tensor:
-        """The weight as ``[out, in]`` with the groups along ``in`` (a view)."""
-        return self.sparsity.grouped(self.weight)
-
     def compressed_weight(self) -> CompressedWeight:
         """The frozen weight in its best compressed layout.
 
@@ -108,8 +104,7 @@ class SparseWeightMixin:
         if not self._frozen:
             raise RuntimeError(f"{type(self).__name__} is not frozen: call step.freeze first")
         if not torch.compiler.is_compiling() and self._compressed_key != self._weight_key():
-            w = self.weight.detach()
-            pruned = torch.where(self.sparsity.mask.to(w.device), w, 0)
+            pruned = self.sparse_weight().detach()  # frozen: the fixed-mask weight
             self.set_compressed_weight(
                 compress_weight(self.sparsity.grouped(pruned), self.sparsity.n, self.sparsity.m)
             )
