@@ -3,10 +3,11 @@ straight-through estimator (STE) in the backward pass.
 
 Backward: ``dx = dy @ (w * mask)``, ``dw = dy.T @ x`` (the STE: the gradient of the
 masked weight flows to the dense ``w`` unmasked), ``dbias = dy.sum``. The op also returns
-the mask it used, saved for the backward pass so it is never recomputed, and accepts a
-mask computed earlier (a layer's cached mask of the same weight) instead of computing
-one. Only the reference implementation exists yet; it composes ``step::nm_mask`` (so its
-mask comes from the best backend) with ``F.linear``.
+the mask it computed, saved for the backward pass so it is never recomputed, and accepts
+a mask computed earlier (a layer's cached mask of the same weight) instead of computing
+one; then it saves that one and returns an empty mask (no copy). Only the reference
+implementation exists yet; it composes ``step::nm_mask`` (so its mask comes from the best
+backend) with ``F.linear``.
 """
 
 from __future__ import annotations
@@ -75,20 +76,22 @@ def _masked_linear_op(
     check_masked_linear_args(x, w, n, m, bias, mask)
     _, impl = choose("masked_linear", x.device, x, w, n, m, bias, mask)
     y, mask_used = impl(x, w, n, m, bias, mask)
-    # An output may not alias an input of a custom op: hand back a copy of a given mask.
-    return y, (mask_used.clone() if mask_used is mask else mask_used)
+    # An output may not alias an input of a custom op, and a given mask is already the
+    # caller's: return an empty mask then (the backward saves the given one).
+    return y, (mask_used if mask is None else mask.new_empty(0))
 
 
 @_masked_linear_op.register_fake
 def _(x, w, n, m, bias, mask):
     check_masked_linear_args(x, w, n, m, bias, mask)
-    return x.new_empty((*x.shape[:-1], w.shape[0])), w.new_empty(w.shape, dtype=torch.bool)
+    mask_shape = w.shape if mask is None else (0,)
+    return x.new_empty((*x.shape[:-1], w.shape[0])), w.new_empty(mask_shape, dtype=torch.bool)
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, w, _n, _m, bias, _mask = inputs
-    _y, mask = output
-    ctx.save_for_backward(x, w, mask)
+    x, w, _n, _m, bias, given = inputs
+    _y, computed = output
+    ctx.save_for_backward(x, w, computed if given is None else given)
     ctx.has_bias = bias is not None
 
 
