@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
-import importlib.metadata
 import json
 import platform
 import re
@@ -31,6 +30,7 @@ from typing import Any
 import torch
 
 import step
+from step.environment import cpu_name, dist_version
 from step.ops.dispatch import BACKENDS, backend_status, choose, implementations, use_backend
 
 REPO = Path(__file__).resolve().parent.parent
@@ -239,24 +239,6 @@ def git_state() -> dict[str, object]:
     return {"commit": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def cpu_name() -> str:
-    """The CPU model from /proc/cpuinfo where there is one, else ``platform.processor()``."""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
-def package_version(name: str) -> str | None:
-    """Installed version of distribution ``name``, or None."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def local_now() -> datetime.datetime:
     """The current time in the local time zone, with its UTC offset."""
     return datetime.datetime.now(datetime.timezone.utc).astimezone()
@@ -299,7 +281,7 @@ def header(
         "date": now.isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "triton": package_version("triton"),
+        "triton": dist_version("triton"),
         "step": step.__version__,
         **git_state(),
         "platform": platform.platform(),

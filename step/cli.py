@@ -8,7 +8,6 @@ dense / compressed formats), ``bench`` (microbenchmarks against the baselines).
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import platform
 import sys
@@ -18,21 +17,16 @@ import torch
 
 from . import __version__
 from . import bench as bench_command
+from .environment import dist_version
 from .export import command as export_command
 from .ops.dispatch import backends
 from .train import command as train_command
 
 
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def collect_info() -> dict:
     """Versions, GPU and backend availability, as plain data."""
-    cupy = next((v for d in ("cupy-cuda13x", "cupy-cuda12x", "cupy") if (v := _version(d))), None)
+    cupy_dists = ("cupy-cuda13x", "cupy-cuda12x", "cupy")
+    cupy = next((v for d in cupy_dists if (v := dist_version(d))), None)
     gpus = []
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
@@ -45,7 +39,7 @@ def collect_info() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "triton": _version("triton"),
+        "triton": dist_version("triton"),
         "cupy": cupy,
         "gpus": gpus,
         "backends": {

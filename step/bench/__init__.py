@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.metadata
 import json
 import platform
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .._version import __version__
+from ..environment import device_name, dist_version
 from ..text_table import format_table
 from . import cases
 
@@ -102,22 +102,6 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []
-    names = [ln.partition(":")[2].strip() for ln in lines if ln.startswith("model name")]
-    return (names or [platform.processor() or platform.machine()])[0]
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def header(device, reps: int, warmup: int, quick: bool, sizes: dict, names: list, now) -> dict:
     timer = ("CUDA events, L2 flushed before each call" if device.type == "cuda"
              else "time.perf_counter")  # fmt: skip
@@ -128,7 +112,7 @@ def header(device, reps: int, warmup: int, quick: bool, sizes: dict, names: list
         "step": __version__,
         "torch": torch.__version__,
         "torch_cuda": torch.version.cuda,
-        "triton": _version("triton"),
+        "triton": dist_version("triton"),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "threads": torch.get_num_threads() if device.type == "cpu" else None,
