@@ -113,6 +113,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
     began = time.perf_counter()
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps,
                desc=f"{cfg.task} {cfg.recipe} {cfg.nm}", disable=quiet, unit="step")  # fmt: skip
+    say = (lambda text: None) if quiet else bar.write  # tqdm.write prints even when disabled
     with metrics.open("a") as log:
         tick, items = time.perf_counter(), 0
         for t in bar:
@@ -128,7 +129,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
             items += task.items_per_batch()
             phase = getattr(opt, "phase", "dense" if cfg.recipe == "dense" else "masked")
             if phase_before == "precondition" and phase == "mask_learning":
-                bar.write(f"AutoSwitch: step {t}: v frozen, masks learned from now on")
+                say(f"AutoSwitch: step {t}: v frozen, masks learned from now on")
             if t % cfg.log_every == 0 or t == cfg.steps:
                 rate = items / (time.perf_counter() - tick)
                 record = _last_sample(opt) if phase == "precondition" else None
@@ -146,7 +147,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
                 log.write(json.dumps(row) + "\n")
                 log.flush()
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
-                bar.write(f"step {t}: {shown}")
+                say(f"step {t}: {shown}")
                 checkpoint.save(_state(model, opt, sched, t), run_dir / "checkpoint")
     bar.close()
     return finish_run(cfg, run_dir, task, model, opt, time.perf_counter() - began)
