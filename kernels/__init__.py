@@ -12,8 +12,20 @@ import os
 
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
+
+def dot_precision(dtype) -> str:
+    """``tl.dot``'s input precision for ``dtype``: float32 uses TF32 where PyTorch's
+    matmuls may (``torch.backends.cuda.matmul.allow_tf32``), IEEE float32 otherwise."""
+    import torch
+
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
 from .adam_update import adam_update_triton  # noqa: E402
 from .nm_compress import nm_compress_triton, nm_decompress_triton  # noqa: E402
+from .nm_linear import nm_linear_triton  # noqa: E402
 from .nm_mask import nm_mask_triton  # noqa: E402
 from .sparse24_linear import sparse24_linear_triton  # noqa: E402
 from .sparse24_pack import from_sparse24_triton, to_sparse24_triton  # noqa: E402
@@ -26,5 +38,6 @@ __all__ = [
     "to_sparse24_triton",
     "from_sparse24_triton",
     "sparse24_linear_triton",
+    "nm_linear_triton",
     "adam_update_triton",
 ]

@@ -17,7 +17,7 @@ from torch import nn
 from ..nn.convert import convert, convertible
 from ..nn.sparse_module import SparseWeightMixin
 from ..nn.sparsity import NMSparsity
-from ..ops.compressed_weight import CUTLASS_2TO4, CompressedWeight
+from ..ops.compressed_weight import CUTLASS_2TO4, CompressedWeight, from_file_tensors
 from ..ops.nm_compress import NMCompressed
 from .format import DTYPES, check_cutlass_meta, expected_compressed_shapes, ungrouped
 from .reader import Checkpoint, read_checkpoint
@@ -135,8 +135,8 @@ def _read_sparse(ckpt: Checkpoint, weight: str, spec: dict):
             NMCompressed(values, meta, n, m).validate()
         except ValueError as e:
             raise ValueError(f"{ckpt.file}: {names['indices']}: {e}") from None
-    cw = CompressedWeight(spec["layout"], values, meta, n, m)
-    kept = CompressedWeight(spec["layout"], torch.ones_like(values), meta, n, m).dense() != 0
+    cw = from_file_tensors(spec["layout"], values, meta, n, m)
+    kept = CompressedWeight(cw.layout, torch.ones_like(values), cw.meta, n, m).dense() != 0
     return ungrouped(cw.dense(), shape, axis), ungrouped(kept, shape, axis), cw
 
 

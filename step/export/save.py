@@ -93,12 +93,12 @@ def _export_compressed(tensors: ModelTensors, plan: dict, path: Path):
     header, rows = {}, []
     for key, s in tensors.sparse.items():
         cw = compress_weight(grouped_2d(s.pruned, s.axis), s.n, s.m)
-        out[f"{key}.values"] = cw.values
-        out[f"{key}.{META_SUFFIX[cw.layout]}"] = cw.meta
+        values, meta = cw.file_tensors()
+        out[f"{key}.values"], out[f"{key}.{META_SUFFIX[cw.layout]}"] = values, meta
         header[key] = {"n": s.n, "m": s.m, "shape": list(s.pruned.shape),
                        "dtype": dtype_name(s.pruned.dtype), "layout": cw.layout,
                        "axis": s.axis}  # fmt: skip
-        rows.append((key, f"{s.n}:{s.m}", cw.layout, s.pruned.nbytes, cw.nbytes()))
+        rows.append((key, f"{s.n}:{s.m}", cw.layout, s.pruned.nbytes, values.nbytes + meta.nbytes))
     metadata = {
         "format": COMPRESSED_FORMAT,
         "format_version": str(FORMAT_VERSION),

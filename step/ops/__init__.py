@@ -17,6 +17,7 @@ from .nm_compress import (
 )
 from .nm_linear import nm_linear, nm_linear_ref
 from .nm_mask import nm_mask, nm_mask_ref
+from .nm_positions import pack_positions, position_bits, unpack_positions
 from .sparse24 import (
     cutlass_meta_offsets_ref,
     from_sparse24,
@@ -60,6 +61,9 @@ __all__ = [
     "nm_linear_ref",
     "nm_mask",
     "nm_mask_ref",
+    "pack_positions",
+    "position_bits",
+    "unpack_positions",
     "sparse24_linear",
     "sparse24_linear_ref",
     "to_sparse24",

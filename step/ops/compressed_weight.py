@@ -5,8 +5,11 @@ Two layouts, named in exported files:
 * ``"cutlass_2to4"``: :func:`step.to_sparse24` ``(values [rows, K/2], meta [rows, K/16]
   int16)``; 2:4 only, float16/bfloat16, ``rows % 32 == 0``, ``K % 64 == 0``. Runs on
   :func:`step.sparse24_linear` (tensor cores where available).
-* ``"nm_positions"``: :func:`step.nm_compress` ``(values, indices [rows, K*n/m] uint8)``;
-  any N:M and dtype. Runs on :func:`step.nm_linear`.
+* ``"nm_positions"``: :func:`step.nm_compress` ``(values [rows, K*n/m], indices)``; any
+  N:M and dtype. In memory the positions are bit-packed (``meta`` is int32
+  ``[rows, words]``, :mod:`step.ops.nm_positions`), which is what
+  :func:`step.nm_linear` streams; files hold them as uint8 ``indices``
+  (:meth:`CompressedWeight.file_tensors`, :func:`from_file_tensors`).
 
 Layers and export use :func:`compress_weight`, which picks the first layout that fits.
 """
@@ -20,7 +23,8 @@ import torch
 from .checks import HALF_DTYPES, check_nm, check_tensor
 from .dispatch import choose, forced_backend
 from .nm_compress import NMCompressed, nm_compress, nm_decompress
-from .nm_linear import nm_linear
+from .nm_linear import check_nm_linear_args
+from .nm_positions import unpack_positions
 from .sparse24 import COL_MULTIPLE, ROW_MULTIPLE, from_sparse24, to_sparse24
 from .sparse24_linear import sparse24_linear
 
@@ -42,8 +46,8 @@ def best_layout(shape: tuple[int, ...], dtype: torch.dtype, n: int, m: int) -> s
 class CompressedWeight:
     """A ``[rows, K]`` weight, N:M along K, in ``layout``.
 
-    ``meta`` is the CUTLASS metadata (``cutlass_2to4``) or the uint8 positions
-    (``nm_positions``).
+    ``meta`` is the CUTLASS metadata (``cutlass_2to4``) or the bit-packed int32
+    positions (``nm_positions``).
     """
 
     layout: str
@@ -61,13 +65,25 @@ class CompressedWeight:
         """The weight, +0.0 at pruned entries."""
         if self.layout == CUTLASS_2TO4:
             return from_sparse24(self.values, self.meta)
-        return nm_decompress(NMCompressed(self.values, self.meta, self.n, self.m))
+        return nm_decompress(self.nm_compressed())
+
+    def nm_compressed(self) -> NMCompressed:
+        """The ``nm_positions`` weight as an :class:`NMCompressed` (positions unpacked)."""
+        indices = unpack_positions(self.meta, self.m, self.values.shape[1])
+        return NMCompressed(self.values, indices, self.n, self.m)
+
+    def file_tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(values, meta)`` as files hold them: CUTLASS metadata, or uint8 positions."""
+        if self.layout == CUTLASS_2TO4:
+            return self.values, self.meta
+        return self.values, self.nm_compressed().indices
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., K] @ W.T + bias`` -> ``[..., rows]``."""
         if self.layout == CUTLASS_2TO4:
             return sparse24_linear(x, self.values, self.meta, bias)
-        return nm_linear(x, NMCompressed(self.values, self.meta, self.n, self.m), bias)
+        check_nm_linear_args(x, self.values, self.meta, self.n, self.m, bias)
+        return torch.ops.step.nm_linear(x, self.values, self.meta, self.n, self.m, bias)
 
     @property
     def op(self) -> str:
@@ -80,7 +96,10 @@ class CompressedWeight:
         reference is forced (``STEP_BACKEND``, :func:`step.use_backend`)."""
         if forced_backend(self.op) is not None:
             return True
-        return choose(self.op, x.device, x, self.values, self.meta, bias)[0] != "reference"
+        args = (x, self.values, self.meta, bias)
+        if self.layout == NM_POSITIONS:
+            args = (x, self.values, self.meta, self.n, self.m, bias)
+        return choose(self.op, x.device, *args)[0] != "reference"
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.meta))
@@ -96,7 +115,16 @@ def compress_weight(w: torch.Tensor, n: int, m: int, layout: str | None = None) 
         values, meta = to_sparse24(w)
     elif layout == NM_POSITIONS:
         c = nm_compress(w, n, m)
-        values, meta = c.values, c.indices
+        values, meta = c.values, c.positions
     else:
         raise ValueError(f"unknown layout {layout!r}; expected one of {LAYOUTS}")
+    return CompressedWeight(layout, values, meta, n, m)
+
+
+def from_file_tensors(
+    layout: str, values: torch.Tensor, meta: torch.Tensor, n: int, m: int
+) -> CompressedWeight:
+    """The in-memory weight of :meth:`CompressedWeight.file_tensors` (positions packed)."""
+    if layout == NM_POSITIONS:
+        meta = NMCompressed(values, meta, n, m).positions
     return CompressedWeight(layout, values, meta, n, m)

@@ -8,6 +8,7 @@ A weight ``[..., K]`` becomes ``values [..., K*n/m]`` (its dtype) and ``indices`
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -48,6 +49,15 @@ class NMCompressed:
     @property
     def device(self) -> torch.device:
         return self.values.device
+
+    @cached_property
+    def positions(self) -> torch.Tensor:
+        """The positions bit-packed for the kernels: int32 ``[rows, words]`` over the rows
+        of ``indices`` viewed 2-D (:func:`step.ops.nm_positions.pack_positions`; built
+        once per object)."""
+        from .nm_positions import pack_positions
+
+        return pack_positions(self.indices.reshape(-1, self.indices.shape[-1]), self.m)
 
     def to(self, device: torch.device | str) -> NMCompressed:
         return NMCompressed(self.values.to(device), self.indices.to(device), self.n, self.m)

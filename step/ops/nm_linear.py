@@ -1,9 +1,11 @@
 """``step::nm_linear``: ``y = x @ W.T + bias`` with W in the general N:M compressed format.
 
-W ``[N, K]`` is stored as :class:`~step.ops.nm_compress.NMCompressed` (``values`` and
-``indices`` ``[N, K*n/m]``). Only the reference implementation exists yet (decompress,
-then ``F.linear``); the weight-streaming Triton kernel that reads the compressed weight
-directly registers over it.
+W ``[N, K]`` is stored as :class:`~step.ops.nm_compress.NMCompressed`: ``values``
+``[N, K*n/m]`` and the positions bit-packed (``NMCompressed.positions``, int32
+``[N, words]``, see :mod:`step.ops.nm_positions`); the op takes the packed form.
+Backends: ``reference`` (unpack, decompress, ``F.linear``) everywhere; ``triton``
+(``step.kernels.nm_linear``) reads the compressed weight directly: weight streaming for
+few tokens, tiled beyond.
 """
 
 from __future__ import annotations
@@ -11,26 +13,41 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .checks import check_same_device, check_same_dtype, check_tensor
+from ._triton import triton_launcher
+from .checks import check_nm, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
-from .nm_compress import NMCompressed, check_compressed_args, nm_decompress_ref
+from .nm_compress import NMCompressed, nm_decompress_ref
+from .nm_positions import check_packed_positions, unpack_positions
+
+
+def nm_unpack_dense(values: torch.Tensor, positions: torch.Tensor, n: int, m: int) -> torch.Tensor:
+    """values [N, G*n], packed positions [N, words] -> the dense weight [N, G*m]."""
+    indices = unpack_positions(positions, m, values.shape[1])
+    return nm_decompress_ref(values, indices, n, m)
 
 
 def nm_linear_ref(
     x: torch.Tensor,
     values: torch.Tensor,
-    indices: torch.Tensor,
+    positions: torch.Tensor,
     n: int,
     m: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Reference: x [..., K]; values, indices [N, K*n/m]; bias [N] -> y [..., N]."""
-    return F.linear(x, nm_decompress_ref(values, indices, n, m), bias)
+    """Reference: x [..., K]; values [N, K*n/m]; positions int32 [N, words] (packed);
+    bias [N] -> y [..., N]."""
+    return F.linear(x, nm_unpack_dense(values, positions, n, m), bias)
 
 
-def check_nm_linear_args(x, values, indices, n, m, bias) -> None:
-    check_compressed_args(values, indices, n, m)
+def check_nm_linear_args(x, values, positions, n, m, bias) -> None:
     check_tensor(values, "values", ndim=2)
+    n, m = check_nm(n, m)
+    if values.shape[1] % n:
+        raise ValueError(
+            f"values has shape {tuple(values.shape)}: its last dim must be a multiple of "
+            f"n={n} (n kept values per group of m={m})"
+        )
+    check_packed_positions(positions, values.shape[0], values.shape[1], m)
     check_tensor(x, "x")
     k = values.shape[1] // n * m
     if x.shape[-1] != k:
@@ -46,45 +63,46 @@ def check_nm_linear_args(x, values, indices, n, m, bias) -> None:
                 f"output features; bias must be [{values.shape[0]}]"
             )
     check_same_dtype(x=x, values=values, bias=bias)
-    check_same_device(x=x, values=values, bias=bias)
+    check_same_device(x=x, values=values, positions=positions, bias=bias)
 
 
 register("nm_linear", "reference")(nm_linear_ref)
+register("nm_linear", "triton")(triton_launcher("nm_linear_triton"))
 
 
 @torch.library.custom_op("step::nm_linear", mutates_args=())
 def _nm_linear_op(
     x: torch.Tensor,
     values: torch.Tensor,
-    indices: torch.Tensor,
+    positions: torch.Tensor,
     n: int,
     m: int,
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
-    check_nm_linear_args(x, values, indices, n, m, bias)
-    _, impl = choose("nm_linear", x.device, x, values, indices, n, m, bias)
-    return impl(x, values.contiguous(), indices.contiguous(), n, m, bias)
+    check_nm_linear_args(x, values, positions, n, m, bias)
+    _, impl = choose("nm_linear", x.device, x, values, positions, n, m, bias)
+    return impl(x, values.contiguous(), positions.contiguous(), n, m, bias)
 
 
 @_nm_linear_op.register_fake
-def _(x, values, indices, n, m, bias):
-    check_nm_linear_args(x, values, indices, n, m, bias)
+def _(x, values, positions, n, m, bias):
+    check_nm_linear_args(x, values, positions, n, m, bias)
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, values, indices, n, m, bias = inputs
-    ctx.save_for_backward(values, indices)
+    x, values, positions, n, m, bias = inputs
+    ctx.save_for_backward(values, positions)
     ctx.n, ctx.m, ctx.has_bias = n, m, bias is not None
 
 
 def _backward(ctx, grad_y: torch.Tensor):
     # The weight is frozen (no gradient); x and bias get theirs, e.g. for adapters
     # trained on top of a frozen sparse model.
-    values, indices = ctx.saved_tensors
+    values, positions = ctx.saved_tensors
     grad_x = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = grad_y @ torch.ops.step.nm_decompress(values, indices, ctx.n, ctx.m)
+        grad_x = grad_y @ nm_unpack_dense(values, positions, ctx.n, ctx.m)
     if ctx.has_bias and ctx.needs_input_grad[5]:
         grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
     return grad_x, None, None, None, None, grad_bias
@@ -106,5 +124,6 @@ def nm_linear(x: torch.Tensor, c: NMCompressed, bias: torch.Tensor | None = None
     """
     if not isinstance(c, NMCompressed):
         raise TypeError(f"c must be a step.NMCompressed, got {type(c).__name__}")
-    check_nm_linear_args(x, c.values, c.indices, c.n, c.m, bias)
-    return torch.ops.step.nm_linear(x, c.values, c.indices, c.n, c.m, bias)
+    positions = c.positions
+    check_nm_linear_args(x, c.values, positions, c.n, c.m, bias)
+    return torch.ops.step.nm_linear(x, c.values, positions, c.n, c.m, bias)

@@ -1,0 +1,113 @@
+"""y = x @ W.T + bias with W read straight from the N:M compressed format, any N:M.
+
+W ``[N, K]`` arrives as ``values [N, G*n]`` and bit-packed positions (``b`` bits each,
+``step.ops.nm_positions``). Each program owns a ``[BM, BN]`` tile of y and walks K in
+chunks of ``BG`` groups: it loads the chunk's ``[BN, BG, n]`` values and their positions
+(two int32 words combined into 64 bits, so entries may straddle words), scatters them
+into a dense ``[BN, BG, MP]`` tile in registers (MP = next power of two >= m; lanes
+past m are zero, as are the matching x lanes) and feeds ``tl.dot``. With at most
+``BM`` tokens the grid has one row of programs, so every weight byte is read once
+(weight streaming: decode); more tokens tile y and re-read W per token block.
+Reference: ``step.ops.nm_linear.nm_linear_ref``.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from . import INTERPRET, dot_precision
+
+
+@triton.jit
+def _nm_linear_kernel(
+    x, values, words, bias, y, n_tokens, n_out, n_groups, stride_x, stride_y, words_per_row,
+    N: tl.constexpr, M: tl.constexpr, NP: tl.constexpr, MP: tl.constexpr, BITS: tl.constexpr,
+    HAS_BIAS: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
+):  # fmt: skip
+    rm = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1).to(tl.int64) * BN + tl.arange(0, BN)
+    m_ok = rm < n_tokens
+    n_ok = rn < n_out
+    lane = tl.arange(0, MP)
+    slot = tl.arange(0, NP)
+    kept_per_row = n_groups * N
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for g0 in range(0, n_groups, BG):
+        g = g0 + tl.arange(0, BG)
+        g_ok = g < n_groups
+        # x chunk [BM, BG, MP]: columns g*M + lane
+        col = g[None, :, None] * M + lane[None, None, :]
+        x_ok = m_ok[:, None, None] & g_ok[None, :, None] & (lane < M)[None, None, :]
+        xt = tl.load(x + rm[:, None, None] * stride_x + col, mask=x_ok, other=0.0)
+        # kept entries [BN, BG, NP]: entry e = g*N + s of each row
+        entry = g[None, :, None] * N + slot[None, None, :]
+        e_ok = n_ok[:, None, None] & g_ok[None, :, None] & (slot < N)[None, None, :]
+        vals = tl.load(values + rn[:, None, None] * kept_per_row + entry, mask=e_ok, other=0.0)
+        bit = entry * BITS
+        w_ptr = words + rn[:, None, None] * words_per_row + bit // 32
+        lo = tl.load(w_ptr, mask=e_ok, other=0).to(tl.int64) & 0xFFFFFFFF
+        hi_ok = e_ok & (bit // 32 + 1 < words_per_row)
+        hi = tl.load(w_ptr + 1, mask=hi_ok, other=0).to(tl.int64) & 0xFFFFFFFF
+        pos = (((hi << 32) | lo) >> (bit % 32)) & ((1 << BITS) - 1)  # [BN, BG, NP]
+        if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
+            xt = xt.to(tl.float32)
+            vals = vals.to(tl.float32)
+        hit = pos[:, :, :, None] == lane[None, None, None, :]  # [BN, BG, NP, MP]
+        dense = tl.sum(tl.where(hit & e_ok[:, :, :, None], vals[:, :, :, None], 0.0), axis=2)
+        w_tile = tl.reshape(dense.to(xt.dtype), (BN, BG * MP))
+        acc += tl.dot(tl.reshape(xt, (BM, BG * MP)), tl.trans(w_tile), input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = y + rm[:, None] * stride_y + rn[None, :]
+    tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+def nm_linear_tiles(n_tokens: int, n: int, m: int) -> tuple[int, int, int]:
+    """(BM, BN, BG): token and output-row tile, groups per K step.
+
+    BG * MP >= 16 columns for ``tl.dot``; the ``[BN, BG, NP, MP]`` scatter of one step
+    is kept near 8K elements (fewer rows for large m).
+    """
+    mp, np_ = triton.next_power_of_2(m), triton.next_power_of_2(n)
+    bg = max(1, 64 // mp)  # 64 dense columns per step (32 for m = 32)
+    bn = max(16, min(64, triton.next_power_of_2(8192 // (bg * np_ * mp))))
+    bm = 16 if n_tokens <= 16 else 64
+    return bm, bn, bg
+
+
+def nm_linear_triton(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    positions: torch.Tensor,
+    n: int,
+    m: int,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """x [..., K]; values [N, K*n/m] of x.dtype; positions int32 [N, words] (bit-packed,
+    ``step.ops.nm_positions``); bias [N] or None -> y [..., N] of x.dtype."""
+    from step.ops.nm_positions import position_bits
+
+    k_in = x.shape[-1]
+    n_out = values.shape[0]
+    x2 = x.reshape(-1, k_in)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    n_tokens = x2.shape[0]
+    y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
+    if n_tokens == 0 or n_out == 0:
+        return y.reshape(*x.shape[:-1], n_out)
+    if k_in == 0:  # an empty sum: y is the bias (or zero)
+        y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
+        return y.reshape(*x.shape[:-1], n_out)
+    bm, bn, bg = nm_linear_tiles(n_tokens, n, m)
+    grid = (triton.cdiv(n_tokens, bm), triton.cdiv(n_out, bn))
+    _nm_linear_kernel[grid](
+        x2, values, positions, bias if bias is not None else values, y,
+        n_tokens, n_out, k_in // m, x2.stride(0), y.stride(0), positions.shape[1],
+        N=n, M=m, NP=triton.next_power_of_2(n), MP=triton.next_power_of_2(m),
+        BITS=position_bits(m), HAS_BIAS=bias is not None,
+        UPCAST=INTERPRET and x.dtype == torch.bfloat16, PRECISION=dot_precision(x.dtype),
+        BM=bm, BN=bn, BG=bg,
+    )  # fmt: skip
+    return y.reshape(*x.shape[:-1], n_out)
