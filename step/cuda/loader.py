@@ -23,6 +23,8 @@ from ..cuda_sources import csrc_dir
 
 MIN_CAPABILITY = (8, 0)
 CUPY_HINT = "pip install 'step-sparsity[cuda]'"
+DEFAULT_SHARED_MEM = 48 * 1024
+"""Dynamic shared memory a kernel may use without opting in (bytes)."""
 
 
 def _cupy():
@@ -113,11 +115,13 @@ def launch(
     args: tuple,
     *,
     device: torch.device,
+    shared_mem: int = 0,
 ) -> None:
     """Launch ``kernel`` of ``csrc/<filename>`` on ``device``'s current PyTorch stream.
 
     ``args``: CUDA tensors (passed as device pointers, no copy; they must be on
-    ``device`` and laid out as the kernel expects) and NumPy scalars.
+    ``device`` and laid out as the kernel expects) and NumPy scalars. ``shared_mem``:
+    bytes of dynamic shared memory; above 48 KiB the kernel is opted in first.
     """
     if device.type != "cuda":
         raise ValueError(f"CUDA kernels need CUDA tensors, got device {device}")
@@ -127,4 +131,6 @@ def launch(
     fn = _kernel(filename, capability, kernel, index)
     kernel_args = tuple(_kernel_arg(a, index) for a in args)
     with cupy.cuda.Device(index):
-        fn(grid, block, kernel_args, stream=_stream(cupy, index))
+        if shared_mem > DEFAULT_SHARED_MEM and fn.max_dynamic_shared_size_bytes < shared_mem:
+            fn.max_dynamic_shared_size_bytes = shared_mem
+        fn(grid, block, kernel_args, stream=_stream(cupy, index), shared_mem=shared_mem)

@@ -4,7 +4,10 @@ Each op module holds the op's pure-PyTorch reference (``*_ref``), its input chec
 fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
-from . import sparse24_cuda  # noqa: F401  (registers the CUDA backend)
+from . import (
+    sparse24_cuda,  # noqa: F401  (registers the CUDA backend)
+    sparse24_gemm_cuda,  # noqa: F401  (CUDA mma.sp sparse24_linear, forced only)
+)
 from .adam_update import adam_update, adam_update_ref
 from .dispatch import BackendError, BackendStatus, backends, use_backend
 from .masked_linear import masked_linear, masked_linear_ref
