@@ -1,0 +1,378 @@
+"""The CUDA mma.sp 2:4 GEMM (csrc/sparse24_gemm.cu, step.ops.sparse24_gemm_cuda).
+
+CPU: the metadata layout conversion (round trip; every code checked against the PTX
+fragment rule, written here loop by loop), a Python emulation of the kernel's tiling,
+shared-memory swizzle, ldmatrix addressing and mma.sp fragment semantics (PTX ISA) run
+against the dense product, the tile table (and its agreement with the .cu's Config
+constants, through an nvcc-built host program), refusals before any launch, the
+registration and the conversion cache. ``gpu``: the kernel itself against a float64
+reference with the tolerance rule.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import HALF_DTYPES, assert_within_tolerance_rule
+
+import step
+from step.cuda_sources import csrc_dir
+from step.ops.nm_compress import nm_compress_ref
+from step.ops.nm_mask import nm_mask_ref
+from step.ops.sparse24 import from_sparse24_ref, to_sparse24_ref
+from step.ops.sparse24_gemm_cuda import (
+    CONFIGS,
+    check_sparse24_gemm_args,
+    choose_config,
+    mma_meta,
+    sparse24_linear_cuda,
+    sparse24_meta_from_mma,
+    sparse24_meta_to_mma,
+)
+
+
+def weight_with_zero_groups(n: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Random weight in which some 4-groups are all zero and some have one nonzero."""
+    w = torch.randn(n * k // 4, 4)
+    w[0::7] = 0.0
+    w[3::7, 1:] = 0.0
+    return w.reshape(n, k).to(dtype)
+
+
+# ---------------------------------------------------------------- layout
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (64, 128), (128, 320), (192, 1024)])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_meta_round_trip(shape, dtype):
+    _, meta = to_sparse24_ref(weight_with_zero_groups(*shape, dtype))
+    mma = sparse24_meta_to_mma(meta)
+    n, k = shape
+    assert mma.shape == (n // 16, k // 64, 32) and mma.dtype == torch.int32
+    assert mma.is_contiguous()
+    assert torch.equal(sparse24_meta_from_mma(mma), meta)
+
+
+def test_meta_placement_element_by_element():
+    """Every 4-group's kept pair sits where the PTX rule says lane 4g+2s+h finds it."""
+    n, k = 64, 192
+    w = weight_with_zero_groups(n, k, torch.float16)
+    _, positions = nm_compress_ref(w, 2, 4)  # [n, k/2], ascending within each group
+    mma = sparse24_meta_to_mma(to_sparse24_ref(w)[1])
+    for row in range(n):
+        rb, g, hi = row // 16, row % 8, (row % 16) // 8
+        for q in range(k // 4):
+            col = 4 * q
+            kb, s, h, nibble = col // 64, (col % 64) // 32, (col % 32) // 16, (col % 16) // 4
+            word = int(mma[rb, kb, 4 * g + 2 * s + h]) & 0xFFFFFFFF
+            code = (word >> (16 * hi + 4 * nibble)) & 0xF
+            i0, i1 = int(positions[row, 2 * q]), int(positions[row, 2 * q + 1])
+            assert (code & 3, code >> 2) == (i0, i1), (row, q)
+
+
+def test_meta_from_mma_refuses_bad_shape():
+    with pytest.raises(ValueError, match="N/16, K/64, 32"):
+        sparse24_meta_from_mma(torch.zeros(2, 2, 16, dtype=torch.int32))
+
+
+# ---------------------------------------------------------------- kernel emulation
+
+
+def swizzle(row: int, chunk: int, chunks: int) -> int:
+    return chunk ^ (row & 7) if chunks >= 8 else chunk ^ ((row >> 1) & 3)
+
+
+def ldmatrix_x4(tile: torch.Tensor, chunks: int, addr) -> list[list[torch.Tensor]]:
+    """ldmatrix.x4 on a swizzled tile (int16 [rows, 8 * chunks]): lane l gives the row
+    and logical chunk of row l % 8 of matrix l // 8; returns regs[lane][q] = 2 elements."""
+    rows = [addr(lane) for lane in range(32)]
+    regs = [[None] * 4 for _ in range(32)]
+    for q in range(4):
+        for lane in range(32):
+            r, c = rows[8 * q + lane // 4]
+            p = swizzle(r, c, chunks) * 8 + 2 * (lane % 4)
+            regs[lane][q] = tile[r, p : p + 2]
+    return regs
+
+
+def mma_sp_semantics(a, b, e, sel: int) -> torch.Tensor:
+    """D (float64 16 x 8) of mma.sp m16n8k32 from per-lane registers, by the PTX ISA's
+    fragment tables (not by the kernel's formulas)."""
+    comp = torch.zeros(16, 16, dtype=torch.float64)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for reg in range(4):
+            r, c = g + 8 * (reg % 2), 2 * t + 8 * (reg // 2)
+            comp[r, c : c + 2] = a[lane][reg].double()
+    dense = torch.zeros(16, 32, dtype=torch.float64)
+    for r in range(16):
+        g, hi = r % 8, r // 8
+        for q in range(8):
+            word = int(e[4 * g + 2 * sel + q // 4]) & 0xFFFFFFFF
+            code = (word >> (16 * hi + 4 * (q % 4))) & 0xF
+            i0, i1 = code & 3, code >> 2
+            assert i0 < i1, "ordered_metadata needs i0 < i1"
+            dense[r, 4 * q + i0] = comp[r, 2 * q]
+            dense[r, 4 * q + i1] = comp[r, 2 * q + 1]
+    bmat = torch.zeros(32, 8, dtype=torch.float64)
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for q in range(4):
+            bmat[8 * q + 2 * t : 8 * q + 2 * t + 2, g] = b[lane][q].double()
+    return dense @ bmat
+
+
+def emulate_kernel(cfg, x, values, meta_mma) -> torch.Tensor:
+    """The kernel's data flow in Python: per block and stage, the swizzled shared tiles as
+    load_stage fills them, per warp the ldmatrix addresses and mma.sp calls, the split-K
+    sum, and the output mapping of the accumulators. float64 accumulators."""
+    m, k = x.shape
+    n = values.shape[0]
+    xz = torch.cat([x, x.new_zeros(cfg.tile_m, k)])  # rows >= M read as zeros
+    y = torch.full((m, n), float("nan"), dtype=torch.float64)
+    xc, wc = cfg.stage_k // 8, cfg.stage_k // 16
+    for n0 in range(0, n, cfg.tile_n):
+        for m0 in range(0, m, cfg.tile_m):
+            acc = torch.zeros(cfg.tile_m, cfg.tile_n, dtype=torch.float64)
+            for kt in range(-(-k // cfg.stage_k)):
+                k0 = kt * cfg.stage_k
+                w_s = torch.zeros(cfg.tile_n, wc * 8, dtype=values.dtype)
+                x_s = torch.zeros(cfg.tile_m, xc * 8, dtype=x.dtype)
+                for r in range(cfg.tile_n):
+                    for c in range(wc):
+                        if k0 // 2 + 8 * c < k // 2:
+                            p = swizzle(r, c, wc) * 8
+                            w_s[r, p : p + 8] = values[
+                                n0 + r, k0 // 2 + 8 * c : k0 // 2 + 8 * c + 8
+                            ]
+                for r in range(cfg.tile_m):
+                    for c in range(xc):
+                        if k0 + 8 * c < k:
+                            p = swizzle(r, c, xc) * 8
+                            x_s[r, p : p + 8] = xz[m0 + r, k0 + 8 * c : k0 + 8 * c + 8]
+                for warp in range(cfg.threads // 32):
+                    wn, wm = warp % cfg.warps_n, (warp // cfg.warps_n) % cfg.warps_m
+                    wk = warp // (cfg.warps_n * cfg.warps_m)
+                    if kt * cfg.ksplit + wk >= k // 64:
+                        continue
+                    for ks in range(2):
+                        for i in range(cfg.warp_rows):
+                            tile = wn * cfg.warp_rows + i
+                            e = meta_mma[n0 // 16 + tile, kt * cfg.ksplit + wk]
+                            a = ldmatrix_x4(w_s, wc, lambda ln, tile=tile, ks=ks, wk=wk: (
+                                tile * 16 + (ln & 7) + ((ln >> 3) & 1) * 8,
+                                wk * 4 + (ln >> 4) + 2 * ks))  # fmt: skip
+                            for j in range(cfg.warp_toks):
+                                tok = (wm * cfg.warp_toks + j) * 8
+                                b = ldmatrix_x4(x_s, xc, lambda ln, tok=tok, ks=ks, wk=wk: (
+                                    tok + (ln & 7), wk * 8 + (ln >> 3) + 4 * ks))  # fmt: skip
+                                d = mma_sp_semantics(a, b, e, ks)
+                                acc[tok : tok + 8, tile * 16 : tile * 16 + 16] += d.T
+            rows = min(cfg.tile_m, m - m0)
+            y[m0 : m0 + rows, n0 : n0 + cfg.tile_n] = acc[:rows]
+    return y
+
+
+@pytest.mark.parametrize(
+    "name, m, n, k",
+    [("m8", 3, 64, 320), ("m16", 16, 64, 256), ("m64", 37, 128, 128), ("large", 9, 128, 64)],
+)
+def test_emulated_kernel_matches_dense(name, m, n, k):
+    cfg = CONFIGS[name]
+    w = weight_with_zero_groups(n, k, torch.float16)
+    values, meta = to_sparse24_ref(w)
+    x = torch.randn(m, k).half()
+    y = emulate_kernel(cfg, x, values, sparse24_meta_to_mma(meta))
+    dense = from_sparse24_ref(values, meta).double()
+    torch.testing.assert_close(y, x.double() @ dense.T, rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------- tile table
+
+
+def test_tile_table_choice():
+    assert choose_config(1, 4096).name == "m8"
+    assert choose_config(8, 4096).name == "m8"
+    assert choose_config(9, 4096).name == "m16"
+    assert choose_config(16, 64).name == "m16"
+    assert choose_config(17, 4096).name == "m64"
+    assert choose_config(256, 4096).name == "m64"
+    assert choose_config(257, 4096).name == "large"
+    assert choose_config(8192, 4096).name == "large"
+    assert choose_config(8192, 4160).name == "m64"  # N % 128 != 0
+
+
+def test_tile_table_is_launchable():
+    """Every config covers any N % 64 == 0 it is chosen for, fits sm_80's 163 KiB of
+    shared memory, and its threads match the warp layout."""
+    for n in range(64, 2049, 64):
+        for m in (1, 7, 8, 9, 16, 17, 64, 256, 257, 4096):
+            cfg = choose_config(m, n)
+            assert n % cfg.tile_n == 0, (m, n, cfg)
+    for cfg in CONFIGS.values():
+        assert cfg.smem_bytes <= 163 * 1024
+        assert cfg.threads <= 1024 and cfg.threads % 32 == 0
+        assert cfg.kernel(torch.bfloat16) == f"sparse24_gemm_bf16_{cfg.name}"
+
+
+CONSTANTS = r"""
+#include "sparse24_gemm.cu"
+#include <cstdio>
+template <class C> void show(const char* name) {
+    printf("%s %d %d %d %d %d\n", name, C::TILE_N, C::TILE_M, C::THREADS, C::STAGE_K,
+           C::SMEM_BYTES);
+}
+int main() {
+    using namespace step::gemm;
+    show<ConfigM8>("m8"); show<ConfigM16>("m16"); show<ConfigM64>("m64");
+    show<ConfigLarge>("large");
+    for (int chunks : {4, 8, 16, 32})
+        for (int r = 0; r < 64; ++r)
+            for (int c = 0; c < chunks; ++c) printf("%d ", swizzle(r, c, chunks));
+    printf("\n");
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_cuda_configs_match_python_table(tmp_path):
+    (tmp_path / "c.cu").write_text(CONSTANTS)
+    exe = tmp_path / "c"
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_80", f"-I{csrc_dir()}", str(tmp_path / "c.cu")]
+    proc = subprocess.run([*cmd, "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    lines = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
+    *configs, swz = lines.strip().split("\n")
+    for line in configs:
+        name, *numbers = line.split()
+        cfg = CONFIGS[name]
+        assert [int(v) for v in numbers] == [
+            cfg.tile_n, cfg.tile_m, cfg.threads, cfg.stage_k, cfg.smem_bytes,
+        ]  # fmt: skip
+    expected = [swizzle(r, c, ch) for ch in (4, 8, 16, 32) for r in range(64) for c in range(ch)]
+    assert [int(v) for v in swz.split()] == expected
+    for ch in (4, 8, 16, 32):  # a permutation of each row; 8 rows hit 8 bank groups
+        for r in range(64):
+            assert sorted(swizzle(r, c, ch) for c in range(ch)) == list(range(ch))
+        for r0 in range(0, 64, 8):
+            for c in range(ch):
+                banks = {(r * ch + swizzle(r, c, ch)) % 8 for r in range(r0, r0 + 8)}
+                assert len(banks) == 8, (ch, r0, c)
+
+
+# ---------------------------------------------------------------- refusals
+
+
+def cpu_args(n: int, k: int, dtype=torch.float16, m: int = 3):
+    return (
+        torch.randn(m, k).to(dtype),
+        torch.randn(n, k // 2).to(dtype),
+        torch.zeros(n, k // 16, dtype=torch.int16),
+        torch.randn(n).to(dtype),
+    )
+
+
+@pytest.mark.parametrize("n, k", [(32, 64), (96, 128), (64, 96), (128, 32)])
+def test_bad_shapes_refused_before_launch(monkeypatch, n, k):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # importing CuPy would fail loudly
+    with pytest.raises(ValueError, match=r"values has shape .*N % 64 == 0 and K % 64 == 0"):
+        sparse24_linear_cuda(*cpu_args(n, k))
+    with pytest.raises(ValueError, match="Pad the weight"):
+        check_sparse24_gemm_args(*cpu_args(n, k))
+
+
+def test_bad_dtypes_and_companions_refused():
+    x, values, meta, bias = cpu_args(64, 128)
+    with pytest.raises(TypeError, match="float16/bfloat16"):
+        check_sparse24_gemm_args(x.float(), values.float(), meta, bias)
+    with pytest.raises(TypeError, match="one dtype"):
+        check_sparse24_gemm_args(x.bfloat16(), values, meta, bias)
+    with pytest.raises(TypeError, match="int16"):
+        check_sparse24_gemm_args(x, values, meta.int(), bias)
+    with pytest.raises(ValueError, match="last dim"):
+        check_sparse24_gemm_args(x[:, :64], values, meta, bias)
+    with pytest.raises(ValueError, match="meta has shape"):
+        check_sparse24_gemm_args(x, values, meta[:, :4], bias)
+    with pytest.raises(ValueError, match="bias has shape"):
+        check_sparse24_gemm_args(x, values, meta, bias[:32])
+
+
+def test_cpu_tensors_refused_before_launch(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        sparse24_linear_cuda(*cpu_args(64, 128))
+
+
+def test_registered_for_forced_use_only():
+    from step.ops.dispatch import _IMPLS
+
+    impl = _IMPLS["sparse24_linear"]["cuda"]
+    assert impl.fn is sparse24_linear_cuda and not impl.auto
+    w = torch.randn(64, 128).half()
+    values, meta = step.to_sparse24(w)
+    with step.use_backend("sparse24_linear=cuda"), pytest.raises(step.BackendError, match="CUDA"):
+        step.sparse24_linear(torch.randn(2, 128).half(), values, meta)
+
+
+def test_meta_conversion_is_cached_per_tensor_and_version():
+    _, meta = to_sparse24_ref(torch.randn(64, 128).half())
+    first = mma_meta(meta)
+    assert mma_meta(meta) is first
+    assert torch.equal(first, sparse24_meta_to_mma(meta))
+    meta.copy_(to_sparse24_ref(torch.randn(64, 128).half())[1])  # in place: new _version
+    second = mma_meta(meta)
+    assert second is not first and torch.equal(second, sparse24_meta_to_mma(meta))
+    other = meta.clone()
+    assert mma_meta(other) is not second
+
+
+# ---------------------------------------------------------------- GPU
+
+
+def reference_outputs(x, w_dense, bias):
+    """(float64 reference, the same product by PyTorch in x's dtype)."""
+    ref64 = F.linear(x.double(), w_dense.double(), None if bias is None else bias.double())
+    return ref64, F.linear(x, w_dense, bias)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 7, 128, 4096])
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "nobias"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gpu_matches_reference(m, dtype, with_bias, seed):
+    gen = torch.Generator().manual_seed(seed)
+    n = 64 * int(torch.randint(1, 40, (1,), generator=gen))
+    k = 64 * int(torch.randint(1, 40, (1,), generator=gen))
+    w = weight_with_zero_groups(n, k, dtype).cuda()
+    values, meta = step.to_sparse24(w)
+    w_dense = from_sparse24_ref(values.cpu(), meta.cpu()).cuda()
+    x = torch.randn(m, k, device="cuda").to(dtype)
+    bias = torch.randn(n, device="cuda").to(dtype) if with_bias else None
+    out = torch.full((m, n), float("nan"), dtype=dtype, device="cuda")  # poisoned
+    y = sparse24_linear_cuda(x, values, meta, bias, out=out)
+    torch.cuda.synchronize()
+    assert y.data_ptr() == out.data_ptr() and not torch.isnan(y).any()
+    ref64, ref_lowp = reference_outputs(x, w_dense, bias)
+    assert_within_tolerance_rule(y, ref_lowp, ref64, f"y m={m} n={n} k={k}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+def test_gpu_through_the_op_with_batch_dims(dtype):
+    n, k = 192, 320
+    w = weight_with_zero_groups(n, k, dtype).cuda()
+    values, meta = step.to_sparse24(w)
+    x = torch.randn(2, 5, k, device="cuda").to(dtype)
+    bias = torch.randn(n, device="cuda").to(dtype)
+    with step.use_backend("sparse24_linear=cuda"):
+        y = step.sparse24_linear(x, values, meta, bias)
+    w_dense = torch.where(nm_mask_ref(w, 2, 4), w, torch.zeros_like(w))
+    ref64, ref_lowp = reference_outputs(x, w_dense, bias)
+    assert y.shape == (2, 5, n)
+    assert_within_tolerance_rule(y, ref_lowp, ref64)
