@@ -24,6 +24,7 @@ def dot_precision(dtype) -> str:
 
 
 from .adam_update import adam_update_triton  # noqa: E402
+from .masked_linear import masked_linear_dx_triton, masked_linear_triton  # noqa: E402
 from .nm_compress import nm_compress_triton, nm_decompress_triton  # noqa: E402
 from .nm_linear import nm_linear_triton  # noqa: E402
 from .nm_mask import nm_mask_triton  # noqa: E402
@@ -39,5 +40,7 @@ __all__ = [
     "from_sparse24_triton",
     "sparse24_linear_triton",
     "nm_linear_triton",
+    "masked_linear_triton",
+    "masked_linear_dx_triton",
     "adam_update_triton",
 ]

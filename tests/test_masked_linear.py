@@ -3,10 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DTYPES, RATIOS
+from conftest import kernel_devices
+from helpers import DTYPES, RATIOS, assert_within_tolerance_rule, random_weights
+from step.kernels.masked_linear import masked_linear_tiles
 
 import step
-from step.ops import nm_mask_ref
+from step.ops import masked_linear_dx_ref, masked_linear_ref, nm_mask_ref
 
 
 def ste_autograd(x, w, n, m, bias):
@@ -67,3 +69,103 @@ def test_torch_compile_traces_the_op():
         lambda a, b: step.masked_linear(a, b, 2, 4), backend="eager", fullgraph=True
     )
     torch.testing.assert_close(compiled(x, w), step.masked_linear(x, w, 2, 4))
+
+
+# ---------------------------------------------------------------- the fused Triton kernel
+
+
+def fp64_masked(x, w, mask, b):
+    wm = torch.where(mask, w.double(), 0)
+    return F.linear(x.double(), wm, b.double() if b is not None else None)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("n,m", RATIOS)
+@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (2, 32)])
+def test_triton_forward_mask_exact_and_output_within_rule(device, n, m, tokens):
+    # K = 5 groups: never a multiple of the kernel's 64-column K step; ties are frequent
+    w = random_weights((40, 5 * m), torch.float16, device, ties=True)
+    x = random_weights((*tokens, 5 * m), torch.float16, device)
+    b = random_weights((40,), torch.float16, device)
+    with step.use_backend("masked_linear=triton"):
+        y, mask = torch.ops.step.masked_linear(x, w, n, m, b, None)
+    assert torch.equal(mask, nm_mask_ref(w, n, m))
+    ref, _ = masked_linear_ref(x, w, n, m, b)
+    assert_within_tolerance_rule(y, ref, fp64_masked(x, w, mask, b))
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("given", [False, True])
+def test_triton_dtypes_and_a_given_mask(device, dtype, given):
+    w = random_weights((70, 96), dtype, device)
+    x = random_weights((33, 96), dtype, device)
+    # a given mask is used as is, even one that is not w's own top-2
+    mask = torch.rand(70, 96, device=device) < 0.5 if given else None
+    with step.use_backend("masked_linear=triton"):
+        y, returned = torch.ops.step.masked_linear(x, w, 2, 4, None, mask)
+    used = mask if given else nm_mask_ref(w, 2, 4)
+    assert returned.numel() == 0 if given else torch.equal(returned, used)
+    if dtype == torch.float32:  # TF32 would be allowed on a GPU; the reference is IEEE
+        torch.testing.assert_close(y, fp64_masked(x, w, used, None).float(), rtol=2e-3, atol=2e-3)
+    else:
+        ref, _ = masked_linear_ref(x, w, 2, 4, None, used)
+        assert_within_tolerance_rule(y, ref, fp64_masked(x, w, used, None))
+
+
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 8), (3, 5)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_triton_gradients_match_autograd_through_the_reference(n, m, bias):
+    x = torch.randn(3, 5, 7 * m, requires_grad=True)
+    w = torch.randn(20, 7 * m, requires_grad=True)
+    b = torch.randn(20, requires_grad=True) if bias else None
+    grad = torch.randn(3, 5, 20)
+    leaves = [t for t in (x, w, b) if t is not None]
+    with step.use_backend("masked_linear=triton,masked_linear_dx=triton"):
+        got = torch.autograd.grad(step.masked_linear(x, w, n, m, b), leaves, grad)
+    want = torch.autograd.grad(ste_autograd(x, w, n, m, b), leaves, grad)
+    for g, g_ref in zip(got, want, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("device", kernel_devices())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 8), (5, 6)])
+def test_triton_input_gradient_within_rule(device, dtype, n, m):
+    w = random_weights((50, 9 * m), dtype, device)
+    mask = nm_mask_ref(w, n, m)
+    dy = random_weights((2, 19, 50), dtype, device)
+    with step.use_backend("masked_linear_dx=triton"):
+        dx = torch.ops.step.masked_linear_dx(dy, w, mask, m)
+    want = dy.double() @ torch.where(mask, w.double(), 0)
+    if dtype == torch.float32:
+        torch.testing.assert_close(dx, want.float(), rtol=2e-3, atol=2e-3)
+    else:
+        assert_within_tolerance_rule(dx, masked_linear_dx_ref(dy, w, mask, m), want)
+
+
+def test_triton_computes_the_mask_with_no_tokens():
+    w = torch.randn(8, 32)
+    with step.use_backend("masked_linear=triton"):
+        y, mask = torch.ops.step.masked_linear(torch.randn(0, 32), w, 2, 4, None, None)
+    assert y.shape == (0, 8) and torch.equal(mask, nm_mask_ref(w, 2, 4))
+
+
+def test_tiles():
+    for m in (2, 4, 8, 16, 32, 5):
+        bm, bn, bg = masked_linear_tiles(4096, m)
+        assert bg * (1 << (m - 1).bit_length()) >= 16 and bm == 64
+    assert masked_linear_tiles(8, 4)[0] == 16
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,m", [(2, 4), (1, 4), (1, 8)])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_gpu_real_sizes(n, m, dtype):
+    w = random_weights((4096, 4096), dtype, "cuda")
+    x = random_weights((512, 4096), dtype, "cuda")
+    with step.use_backend("masked_linear=triton"):
+        y, mask = torch.ops.step.masked_linear(x, w, n, m, None, None)
+    assert torch.equal(mask, nm_mask_ref(w, n, m))
+    ref, _ = masked_linear_ref(x, w, n, m, None)
+    assert_within_tolerance_rule(y, ref, fp64_masked(x, w, mask, None))

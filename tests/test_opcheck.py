@@ -27,6 +27,7 @@ def samples():
         "sparse24_decompress": (values, meta),
         "sparse24_linear": (x, values, meta, torch.randn(64, dtype=torch.float16)),
         "masked_linear": (xf, wf, 2, 4, torch.randn(8, requires_grad=True), None),
+        "masked_linear_dx": (torch.randn(2, 3, 8), wf.detach(), step.nm_mask(wf.detach()), 4),
         "nm_linear": (torch.randn(5, 24), c.values, c.positions, 2, 6, torch.randn(3)),
     }
 

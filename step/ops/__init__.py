@@ -10,7 +10,7 @@ from . import (
 )
 from .adam_update import adam_update, adam_update_ref
 from .dispatch import BackendError, BackendStatus, backends, use_backend
-from .masked_linear import masked_linear, masked_linear_ref
+from .masked_linear import masked_linear, masked_linear_dx_ref, masked_linear_ref
 from .nm_compress import (
     NMCompressed,
     nm_compress,
@@ -39,6 +39,7 @@ OPS = (
     "sparse24_decompress",
     "sparse24_linear",
     "masked_linear",
+    "masked_linear_dx",
     "nm_linear",
 )
 """Names of the ``step::`` ops (``torch.ops.step.<name>``)."""
@@ -55,6 +56,7 @@ __all__ = [
     "from_sparse24",
     "from_sparse24_ref",
     "masked_linear",
+    "masked_linear_dx_ref",
     "masked_linear_ref",
     "nm_compress",
     "nm_compress_ref",

@@ -5,9 +5,12 @@ Backward: ``dx = dy @ (w * mask)``, ``dw = dy.T @ x`` (the STE: the gradient of 
 masked weight flows to the dense ``w`` unmasked), ``dbias = dy.sum``. The op also returns
 the mask it computed, saved for the backward pass so it is never recomputed, and accepts
 a mask computed earlier (a layer's cached mask of the same weight) instead of computing
-one; then it saves that one and returns an empty mask (no copy). Only the reference
-implementation exists yet; it composes ``step::nm_mask`` (so its mask comes from the best
-backend) with ``F.linear``.
+one; then it saves that one and returns an empty mask (no copy). The input gradient is
+its own op, ``step::masked_linear_dx``, so a kernel can mask w in registers there too.
+
+Backends: ``reference`` composes ``step::nm_mask`` (its mask comes from the best backend)
+with ``F.linear``; ``triton`` (``step.kernels.masked_linear``) ranks each group in
+registers while the weight tile is loaded, so no masked copy of w is written.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._triton import triton_launcher
 from .checks import check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_mask import check_nm_mask_args
@@ -61,7 +65,17 @@ def check_masked_linear_args(
     check_same_device(x=x, w=w, bias=bias, mask=mask)  # type: ignore[arg-type]
 
 
+def masked_linear_dx_ref(
+    grad_y: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, m: int
+) -> torch.Tensor:
+    """Reference input gradient: grad_y [..., N], w [N, K], mask [N, K] bool -> [..., K]."""
+    return grad_y @ torch.where(mask, w, 0)
+
+
 register("masked_linear", "reference")(masked_linear_ref)
+register("masked_linear", "triton")(triton_launcher("masked_linear_triton"))
+register("masked_linear_dx", "reference")(masked_linear_dx_ref)
+register("masked_linear_dx", "triton")(triton_launcher("masked_linear_dx_triton"))
 
 
 @torch.library.custom_op("step::masked_linear", mutates_args=())
@@ -75,7 +89,7 @@ def _masked_linear_op(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     check_masked_linear_args(x, w, n, m, bias, mask)
     _, impl = choose("masked_linear", x.device, x, w, n, m, bias, mask)
-    y, mask_used = impl(x, w, n, m, bias, mask)
+    y, mask_used = impl(x, w.contiguous(), n, m, bias, mask)
     # An output may not alias an input of a custom op, and a given mask is already the
     # caller's: return an empty mask then (the backward saves the given one).
     return y, (mask_used if mask is None else mask.new_empty(0))
@@ -88,18 +102,31 @@ def _(x, w, n, m, bias, mask):
     return x.new_empty((*x.shape[:-1], w.shape[0])), w.new_empty(mask_shape, dtype=torch.bool)
 
 
+@torch.library.custom_op("step::masked_linear_dx", mutates_args=())
+def _masked_linear_dx_op(
+    grad_y: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, m: int
+) -> torch.Tensor:
+    _, impl = choose("masked_linear_dx", grad_y.device, grad_y, w, mask, m)
+    return impl(grad_y, w, mask, m)
+
+
+@_masked_linear_dx_op.register_fake
+def _(grad_y, w, mask, m):
+    return grad_y.new_empty((*grad_y.shape[:-1], w.shape[1]))
+
+
 def _setup_context(ctx, inputs, output) -> None:
-    x, w, _n, _m, bias, given = inputs
+    x, w, _n, m, bias, given = inputs
     _y, computed = output
     ctx.save_for_backward(x, w, computed if given is None else given)
-    ctx.has_bias = bias is not None
+    ctx.has_bias, ctx.m = bias is not None, m
 
 
 def _backward(ctx, grad_y: torch.Tensor, _grad_mask):
     x, w, mask = ctx.saved_tensors
     grad_x = grad_w = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = grad_y @ torch.where(mask, w, 0)
+        grad_x = torch.ops.step.masked_linear_dx(grad_y.contiguous(), w, mask, ctx.m)
     dy = grad_y.reshape(-1, w.shape[0])
     if ctx.needs_input_grad[1]:
         grad_w = dy.t() @ x.reshape(-1, w.shape[1])  # STE: dense w gets dL/d(w*mask)

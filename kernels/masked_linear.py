@@ -1,0 +1,171 @@
+"""The fused masked matmul of the mask-learning phase, forward and input gradient.
+
+Forward: ``y = x @ (w * mask).T + bias``. Each program owns a ``[BM, BN]`` tile of y and
+walks K in chunks of ``BG`` groups of ``m``: it loads the ``[BN, BG, MP]`` weight chunk
+(as bit patterns; MP = next power of two >= m, lanes past m masked off), ranks every
+group's magnitudes in registers (``nm_select.keep_top_n``: the ``step.nm_mask`` rule,
+bit-exact), zeroes the losers and feeds ``tl.dot``; no masked copy of w is ever written.
+The programs of the first token block also store the mask (int8, read as bool) for the
+backward pass; with a given mask the kernel loads it instead of ranking.
+
+Input gradient: ``dx = dy @ (w * mask)`` with the saved mask, again masked in registers.
+(The STE weight gradient ``dw = dy.T @ x`` is a plain dense GEMM, left to cuBLAS.)
+References: ``step.ops.masked_linear.masked_linear_ref`` and ``masked_linear_dx_ref``.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from step.ops.float_bits import bits_view, magnitude_constants
+
+from . import INTERPRET, dot_precision
+from .nm_select import keep_top_n, magnitude_key
+
+
+@triton.jit
+def _masked_linear_kernel(
+    x, w_bits, mask, bias, y, n_tokens, n_out, n_groups, stride_x, stride_y,
+    N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, GIVEN: tl.constexpr,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, HAS_BIAS: tl.constexpr,
+    UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
+):  # fmt: skip
+    pid_m = tl.program_id(0)
+    rm = pid_m.to(tl.int64) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1).to(tl.int64) * BN + tl.arange(0, BN)
+    m_ok = rm < n_tokens
+    n_ok = rn < n_out
+    lane = tl.arange(0, MP)
+    k_in = n_groups * M
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for g0 in range(0, n_groups, BG):
+        g = g0 + tl.arange(0, BG)
+        col = g[None, :, None] * M + lane[None, None, :]  # [1, BG, MP]
+        col_ok = (g < n_groups)[None, :, None] & (lane < M)[None, None, :]
+        xt = tl.load(x + rm[:, None, None] * stride_x + col,
+                     mask=m_ok[:, None, None] & col_ok, other=0.0)  # fmt: skip
+        w_off = rn[:, None, None] * k_in + col
+        w_ok = n_ok[:, None, None] & col_ok
+        bits = tl.load(w_bits + w_off, mask=w_ok, other=0)  # [BN, BG, MP]
+        if GIVEN:
+            kept = tl.load(mask + w_off, mask=w_ok, other=0) != 0
+        else:
+            key = tl.reshape(magnitude_key(bits, w_ok, ABS_MASK, INF_BITS), (BN * BG, MP))
+            kept = tl.reshape(keep_top_n(key, N, MP), (BN, BG, MP)) & w_ok
+            if pid_m == 0:
+                tl.store(mask + w_off, kept.to(tl.int8), mask=w_ok)
+        wt = tl.where(kept, bits, 0).to(x.dtype.element_ty, bitcast=True)
+        if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
+            xt = xt.to(tl.float32)
+            wt = wt.to(tl.float32)
+        acc += tl.dot(tl.reshape(xt, (BM, BG * MP)), tl.trans(tl.reshape(wt, (BN, BG * MP))),
+                      input_precision=PRECISION)  # fmt: skip
+    if HAS_BIAS:
+        acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = y + rm[:, None] * stride_y + rn[None, :]
+    tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _masked_linear_dx_kernel(
+    dy, w, mask, dx, n_tokens, n_out, n_groups, stride_dy, stride_dx,
+    M: tl.constexpr, MP: tl.constexpr, UPCAST: tl.constexpr, PRECISION: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
+):  # fmt: skip
+    rm = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
+    g = tl.program_id(1).to(tl.int64) * BG + tl.arange(0, BG)
+    lane = tl.arange(0, MP)
+    m_ok = rm < n_tokens
+    col = g[:, None] * M + lane[None, :]  # [BG, MP]
+    col_ok = (g < n_groups)[:, None] & (lane < M)[None, :]
+    k_in = n_groups * M
+    acc = tl.zeros((BM, BG * MP), dtype=tl.float32)
+    for n0 in range(0, n_out, BN):
+        rn = n0 + tl.arange(0, BN)
+        n_ok = rn < n_out
+        g_tile = tl.load(dy + rm[:, None] * stride_dy + rn[None, :],
+                         mask=m_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
+        w_off = rn[:, None, None] * k_in + col[None, :, :]
+        w_ok = n_ok[:, None, None] & col_ok[None, :, :]
+        kept = tl.load(mask + w_off, mask=w_ok, other=0) != 0
+        wt = tl.where(kept, tl.load(w + w_off, mask=w_ok, other=0.0), 0.0)
+        if UPCAST:
+            g_tile = g_tile.to(tl.float32)
+        wt = wt.to(g_tile.dtype)
+        acc += tl.dot(g_tile, tl.reshape(wt, (BN, BG * MP)), input_precision=PRECISION)
+    out = tl.reshape(acc, (BM, BG, MP)).to(dx.dtype.element_ty)
+    out_ok = m_ok[:, None, None] & col_ok[None, :, :]
+    tl.store(dx + rm[:, None, None] * stride_dx + col[None, :, :], out, mask=out_ok)
+
+
+def masked_linear_tiles(n_tokens: int, m: int) -> tuple[int, int, int]:
+    """(BM, BN, BG): token tile, output-row tile, groups per K step (BG * MP columns,
+    at least 16 for ``tl.dot``; 64 for m <= 64)."""
+    mp = triton.next_power_of_2(m)
+    bg = max(1, 64 // mp)
+    bm = 16 if n_tokens <= 16 else 64
+    return bm, 64, bg
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    t2 = t.reshape(-1, t.shape[-1])
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+def masked_linear_triton(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    n: int,
+    m: int,
+    bias: torch.Tensor | None,
+    mask: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K]; w [N, K] contiguous, K % m == 0; bias [N] or None; mask [N, K] bool or
+    None (computed in the kernel) -> (y [..., N] of x.dtype, mask [N, K] bool)."""
+    k_in, n_out = w.shape[1], w.shape[0]
+    x2 = _rows(x)
+    n_tokens = x2.shape[0]
+    y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
+    given = mask is not None
+    # without a given mask, the first row of programs writes every element of this one
+    mask_i8 = mask.view(torch.int8) if given else torch.empty(w.shape, dtype=torch.int8,
+                                                              device=w.device)  # fmt: skip
+    if n_out and k_in:
+        bm, bn, bg = masked_linear_tiles(n_tokens, m)
+        # with no tokens one row of programs still runs, to compute the mask
+        grid = (max(1, triton.cdiv(n_tokens, bm)), triton.cdiv(n_out, bn))
+        abs_mask, inf_bits = magnitude_constants(w.dtype)
+        _masked_linear_kernel[grid](
+            x2, bits_view(w.contiguous()), mask_i8, bias if bias is not None else w, y,
+            n_tokens, n_out, k_in // m, x2.stride(0), y.stride(0),
+            N=n, M=m, MP=triton.next_power_of_2(m), GIVEN=given,
+            ABS_MASK=abs_mask, INF_BITS=inf_bits, HAS_BIAS=bias is not None,
+            UPCAST=INTERPRET and x.dtype == torch.bfloat16,
+            PRECISION=dot_precision(x.dtype), BM=bm, BN=bn, BG=bg,
+        )  # fmt: skip
+    elif n_tokens and n_out:  # K == 0: an empty sum
+        y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
+    return y.reshape(*x.shape[:-1], n_out), mask_i8.view(torch.bool)
+
+
+def masked_linear_dx_triton(
+    grad_y: torch.Tensor, w: torch.Tensor, mask: torch.Tensor, m: int
+) -> torch.Tensor:
+    """grad_y [..., N]; w [N, K]; mask [N, K] bool -> grad_x [..., K] = grad_y @ (w*mask)."""
+    n_out, k_in = w.shape
+    dy = _rows(grad_y)
+    n_tokens = dy.shape[0]
+    dx = torch.empty((n_tokens, k_in), dtype=grad_y.dtype, device=grad_y.device)
+    if n_tokens and k_in and n_out:
+        bm, bn, bg = masked_linear_tiles(n_tokens, m)
+        grid = (triton.cdiv(n_tokens, bm), triton.cdiv(k_in // m, bg))
+        _masked_linear_dx_kernel[grid](
+            dy, w.contiguous(), mask.contiguous().view(torch.int8), dx, n_tokens, n_out,
+            k_in // m, dy.stride(0), dx.stride(0), M=m, MP=triton.next_power_of_2(m),
+            UPCAST=INTERPRET and grad_y.dtype == torch.bfloat16,
+            PRECISION=dot_precision(grad_y.dtype), BM=bm, BN=bn, BG=bg,
+        )  # fmt: skip
+    elif n_tokens:
+        dx.zero_()
+    return dx.reshape(*grad_y.shape[:-1], k_in)
