@@ -14,6 +14,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -376,3 +377,45 @@ def test_gpu_through_the_op_with_batch_dims(dtype):
     ref64, ref_lowp = reference_outputs(x, w_dense, bias)
     assert y.shape == (2, 5, n)
     assert_within_tolerance_rule(y, ref_lowp, ref64)
+
+
+# ---------------------------------------------------------------- benchmark runner
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sparse24_gemm.py"
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="benchmarks/ not in this checkout")
+def test_benchmark_refuses_without_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    proc = subprocess.run([sys.executable, str(BENCH)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "needs a CUDA GPU" in proc.stderr
+    help_text = subprocess.run(
+        [sys.executable, str(BENCH), "--help"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "--tokens" in help_text and "--shapes" in help_text
+
+
+@pytest.mark.skipif(not BENCH.is_file(), reason="benchmarks/ not in this checkout")
+def test_benchmark_counts_and_table(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import bench_sparse24_gemm as bench
+
+    assert bench.gemm_flops(2, 64, 128) == 2 * 2 * 64 * 128
+    assert bench.gemm_bytes("dense", 2, 64, 128) == 2 * 128 * 2 + 64 * 128 * 2 + 2 * 64 * 2
+    assert bench.gemm_bytes("step-cuda", 2, 64, 128) == 2 * 128 * 2 + 64 * 64 * 2 + 64 * 16 + 256
+    head = {"benchmark": "sparse24_gemm", "device_name": "X", "date": "d", "commit": "c",
+            "dirty": False, "torch": "t", "triton": "t", "python": "p", "step": "s",
+            "timer": "events", "reps": 3, "warmup": 1}  # fmt: skip
+    base = {"n": 64, "k": 128, "m": 1, "dtype": "float16"}
+    records = [
+        {**base, "impl": "step-cuda", "median_ms": 1.0, "tflops": 2.0, "gbps": 3.0,
+         "speedup_of_step_cuda": 1.0},
+        {**base, "impl": "dense", "median_ms": 1.5, "tflops": 1.0, "gbps": 2.0,
+         "speedup_of_step_cuda": 1.5},
+        {**base, "impl": "cusparselt", "skipped": "unavailable: RuntimeError: no"},
+    ]  # fmt: skip
+    table = bench.markdown(head, records)
+    assert "| 64x128 | 1 | float16 | 1.5 | unavailable | 1 | 2 | 3 | 1.5 | unavailable |" in table
+    assert "cusparselt: unavailable: RuntimeError: no" in table
