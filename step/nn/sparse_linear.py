@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.masked_linear import masked_linear
+from ..ops.masked_linear import check_masked_linear_args
 from .sparse_module import SparseWeightMixin, compressed_forward
 
 
@@ -18,8 +18,9 @@ class SparseLinear(SparseWeightMixin, nn.Linear):
     ``"dense"`` to ``"ste"`` at the end of the precondition phase):
 
     - ``dense``: ``F.linear(x, weight, bias)``;
-    - ``ste``: ``step.masked_linear`` with the weight's mask, cached until the weight
-      changes (so micro-batches and the optimizer's SR-STE term share it), straight-
+    - ``ste``: ``step.masked_linear``: the first forward after a weight change ranks the
+      weight inside the fused kernel and caches the mask it returns; until the weight
+      changes again, micro-batches and the optimizer's SR-STE term reuse it. Straight-
       through gradient to the dense weight;
     - ``fixed``: the stored mask (ASP, frozen layers in training mode).
 
@@ -57,8 +58,15 @@ class SparseLinear(SparseWeightMixin, nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         state = self.sparsity
         if state.mode == "ste":
-            mask = state.current_mask(self.weight)
-            return masked_linear(x, self.weight, state.n, state.m, self.bias, mask)
+            # a stale cache lets the fused kernel rank the weight and keeps its mask
+            mask = state.cached_mask(self.weight)
+            check_masked_linear_args(x, self.weight, state.n, state.m, self.bias, mask)
+            y, computed = torch.ops.step.masked_linear(
+                x, self.weight, state.n, state.m, self.bias, mask
+            )
+            if mask is None:
+                state.remember_mask(self.weight, computed)
+            return y
         y = compressed_forward(self, x)
         return y if y is not None else F.linear(x, self.sparse_weight(), self.bias)
 

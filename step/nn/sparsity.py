@@ -72,14 +72,32 @@ class NMSparsity:
         forward passes of gradient accumulation and the optimizer's SR-STE term, which
         all see the same weight, share one mask; any update of ``w`` invalidates it.
         """
+        mask = self.cached_mask(w)
+        if mask is None:
+            mask = self.compute_mask(w)
+            self.remember_mask(w, mask)
+        return mask
+
+    @staticmethod
+    def _cache_key(w: torch.Tensor) -> tuple | None:
         if torch.compiler.is_compiling() or w.is_inference():  # no version counter
-            return self.compute_mask(w)
-        key = (w.data_ptr(), w.device, tuple(w.shape), w.stride(), w._version)
-        if self._cache is None or self._cache[0] != key:
+            return None
+        return (w.data_ptr(), w.device, tuple(w.shape), w.stride(), w._version)
+
+    def cached_mask(self, w: torch.Tensor) -> torch.Tensor | None:
+        """The cached mask of ``w`` if ``w`` has not changed since, else None."""
+        key = self._cache_key(w)
+        if key is None or self._cache is None or self._cache[0] != key:
+            return None
+        return self._cache[1]
+
+    def remember_mask(self, w: torch.Tensor, mask: torch.Tensor) -> None:
+        """Cache ``mask`` (computed elsewhere, e.g. by a fused kernel) as ``w``'s mask."""
+        key = self._cache_key(w)
+        if key is not None:
             # The detached alias keeps the storage alive, so its address cannot be reused
             # by a new weight while this entry exists.
-            self._cache = (key, self.compute_mask(w), w.detach())
-        return self._cache[1]
+            self._cache = (key, mask, w.detach())
 
     def check_groups(self, shape: torch.Size | tuple[int, ...], name: str) -> None:
         """``shape``'s grouping axis splits into groups of ``m``."""
