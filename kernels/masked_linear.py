@@ -20,6 +20,7 @@ import triton.language as tl
 from step.ops.float_bits import bits_view, magnitude_constants
 
 from . import INTERPRET, dot_precision
+from .linear_io import as_rows
 from .nm_select import keep_top_n, magnitude_key
 
 
@@ -108,11 +109,6 @@ def masked_linear_tiles(n_tokens: int, m: int) -> tuple[int, int, int]:
     return bm, 64, bg
 
 
-def _rows(t: torch.Tensor) -> torch.Tensor:
-    t2 = t.reshape(-1, t.shape[-1])
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
-
-
 def masked_linear_triton(
     x: torch.Tensor,
     w: torch.Tensor,
@@ -124,7 +120,7 @@ def masked_linear_triton(
     """x [..., K]; w [N, K] contiguous, K % m == 0; bias [N] or None; mask [N, K] bool or
     None (computed in the kernel) -> (y [..., N] of x.dtype, mask [N, K] bool)."""
     k_in, n_out = w.shape[1], w.shape[0]
-    x2 = _rows(x)
+    x2 = as_rows(x)
     n_tokens = x2.shape[0]
     y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
     given = mask is not None
@@ -154,7 +150,7 @@ def masked_linear_dx_triton(
 ) -> torch.Tensor:
     """grad_y [..., N]; w [N, K]; mask [N, K] bool -> grad_x [..., K] = grad_y @ (w*mask)."""
     n_out, k_in = w.shape
-    dy = _rows(grad_y)
+    dy = as_rows(grad_y)
     n_tokens = dy.shape[0]
     dx = torch.empty((n_tokens, k_in), dtype=grad_y.dtype, device=grad_y.device)
     if n_tokens and k_in and n_out:

@@ -16,6 +16,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET, dot_precision
+from .linear_io import as_rows, linear_output
 
 
 @triton.jit
@@ -90,15 +91,10 @@ def nm_linear_triton(
 
     k_in = x.shape[-1]
     n_out = values.shape[0]
-    x2 = x.reshape(-1, k_in)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x)
     n_tokens = x2.shape[0]
-    y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
-    if n_tokens == 0 or n_out == 0:
-        return y.reshape(*x.shape[:-1], n_out)
-    if k_in == 0:  # an empty sum: y is the bias (or zero)
-        y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
+    y, done = linear_output(x2, n_out, bias)
+    if done:
         return y.reshape(*x.shape[:-1], n_out)
     bm, bn, bg = nm_linear_tiles(n_tokens, n, m)
     grid = (triton.cdiv(n_tokens, bm), triton.cdiv(n_out, bn))

@@ -12,6 +12,7 @@ import triton.language as tl
 
 from . import INTERPRET
 from .cutlass_layout import cutlass_meta_offset
+from .linear_io import as_rows, linear_output
 
 
 @triton.jit
@@ -65,16 +66,10 @@ def sparse24_linear_triton(
     bias [N] or None -> y [..., N] of x.dtype."""
     k_in = x.shape[-1]
     n_out = values.shape[0]
-    x2 = x.reshape(-1, k_in)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
+    x2 = as_rows(x)
     n_tokens = x2.shape[0]
-    y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
-    if n_tokens == 0 or n_out == 0:
-        pass
-    elif k_in == 0:  # an empty sum: y is the bias (or zero)
-        y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
-    else:
+    y, done = linear_output(x2, n_out, bias)
+    if not done:
         bm, bn, bk = _tiles(n_tokens, k_in)
         grid = (triton.cdiv(n_tokens, bm), triton.cdiv(n_out, bn))
         _sparse24_linear_kernel[grid](

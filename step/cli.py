@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +16,7 @@ import torch
 
 from . import __version__
 from . import bench as bench_command
-from .environment import dist_version
+from .environment import dist_version, versions
 from .export import command as export_command
 from .ops.dispatch import backends
 from .train import command as train_command
@@ -35,11 +34,7 @@ def collect_info() -> dict:
                          "capability": f"{major}.{minor}"})  # fmt: skip
     devices = ["cpu"] + [f"cuda:{g['index']}" for g in gpus]
     return {
-        "step-sparsity": __version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "triton": dist_version("triton"),
+        **versions(),
         "cupy": cupy,
         "gpus": gpus,
         "backends": {
