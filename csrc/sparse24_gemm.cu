@@ -76,46 +76,83 @@ __host__ __device__ __forceinline__ int swizzle(int row, int chunk, int chunks) 
     return chunks >= 8 ? (chunk ^ (row & 7)) : (chunk ^ ((row >> 1) & 3));
 }
 
-// Issue the cp.async copies of pipeline stage `kt` (logical K from kt * STAGE_K) into
-// `stage`: weight values, X rows (zero-filled past M) and metadata. Chunks past K (the
-// last stage when KSPLIT > 1 does not divide K / 64) are skipped; nobody reads them.
+// Every offset the kernel computes, as __host__ __device__ functions (a host program in
+// the tests prints them and compares with the Python emulation of the kernel). Shared
+// offsets are bytes from the start of a stage: values [0, W_BYTES), then X [.., +X_BYTES),
+// then metadata. Global offsets are elements of the operand (values and x: 16-bit, meta:
+// u32); -1: nothing to copy (past K).
+template <class C>
+struct Addr {
+    // Copy i of a stage, i in [0, TILE_N * W_CHUNKS): weight row i / W_CHUNKS, chunk i % ..
+    static __host__ __device__ int w_smem(int i) {
+        const int r = i / C::W_CHUNKS, c = i % C::W_CHUNKS;
+        return (r * C::W_CHUNKS + swizzle(r, c, C::W_CHUNKS)) * 16;
+    }
+    static __host__ __device__ i64 w_global(int i, int n0, int kt, int K) {
+        const int r = i / C::W_CHUNKS, col = kt * C::STAGE_K / 2 + (i % C::W_CHUNKS) * 8;
+        return col < K / 2 ? (i64)(n0 + r) * (K / 2) + col : -1;
+    }
+    // Copy i in [0, TILE_M * X_CHUNKS): token row i / X_CHUNKS. Rows >= M: 0 bytes read
+    // (zero fill) from row 0, a valid address.
+    static __host__ __device__ int x_smem(int i) {
+        const int r = i / C::X_CHUNKS, c = i % C::X_CHUNKS;
+        return C::W_BYTES + (r * C::X_CHUNKS + swizzle(r, c, C::X_CHUNKS)) * 16;
+    }
+    static __host__ __device__ i64 x_global(int i, int m0, int kt, int M, int K, int& bytes) {
+        const int r = i / C::X_CHUNKS, k = kt * C::STAGE_K + (i % C::X_CHUNKS) * 8;
+        const bool ok = m0 + r < M;
+        bytes = ok ? 16 : 0;
+        return k < K ? (i64)(ok ? m0 + r : 0) * K + k : -1;
+    }
+    // Copy i in [0, TILE_N / 16 * META_CHUNKS): 16-row tile i / META_CHUNKS, 4 words each.
+    static __host__ __device__ int e_smem(int i) { return C::W_BYTES + C::X_BYTES + i * 16; }
+    static __host__ __device__ i64 e_global(int i, int n0, int kt, int K) {
+        const int t = i / C::META_CHUNKS, c = i % C::META_CHUNKS;
+        const int kb = kt * C::KSPLIT + c / 8;
+        return kb < K / 64 ? ((i64)(n0 / 16 + t) * (K / 64) + kb) * 32 + (c % 8) * 4 : -1;
+    }
+    // ldmatrix.x4 row address of `lane` for the A fragment of 16-row tile `tile` (in the
+    // block), k-slice warp_k, k-step ks: matrices (rows 0-7 | 8-15) x (kept cols 0-7 | 8-15).
+    static __host__ __device__ int a_smem(int tile, int warp_k, int ks, int lane) {
+        const int r = tile * 16 + (lane & 7) + ((lane >> 3) & 1) * 8;
+        const int c = warp_k * 4 + 2 * ks + (lane >> 4);
+        return (r * C::W_CHUNKS + swizzle(r, c, C::W_CHUNKS)) * 16;
+    }
+    // ... for the B fragment of 8-token tile `tok_tile`: matrix q = K 8q .. 8q+7.
+    static __host__ __device__ int b_smem(int tok_tile, int warp_k, int ks, int lane) {
+        const int r = tok_tile * 8 + (lane & 7);
+        const int c = warp_k * 8 + 4 * ks + (lane >> 3);
+        return C::W_BYTES + (r * C::X_CHUNKS + swizzle(r, c, C::X_CHUNKS)) * 16;
+    }
+    // The metadata register of `lane` for 16-row tile `tile`, k-slice warp_k.
+    static __host__ __device__ int e_word(int tile, int warp_k, int lane) {
+        return C::W_BYTES + C::X_BYTES + ((tile * C::KSPLIT + warp_k) * 32 + lane) * 4;
+    }
+};
+
+// Issue the cp.async copies of pipeline stage `kt` into `stage`: weight values, X rows
+// (zero-filled past M) and metadata. Chunks past K (the last stage when KSPLIT > 1 does
+// not divide K / 64) are skipped; nobody reads them.
 template <class C>
 __device__ __forceinline__ void load_stage(unsigned char* stage, const u16* __restrict__ x,
                                            const u16* __restrict__ w,
                                            const u32* __restrict__ meta, int m0, int n0,
                                            int kt, int M, int K, int tid) {
-    unsigned char* w_s = stage;
-    unsigned char* x_s = stage + C::W_BYTES;
-    unsigned char* e_s = x_s + C::X_BYTES;
-    const int k0 = kt * C::STAGE_K;
-    const int half_k = K / 2;
+    typedef Addr<C> A;
 #pragma unroll 2
     for (int i = tid; i < C::TILE_N * C::W_CHUNKS; i += C::THREADS) {
-        const int r = i / C::W_CHUNKS, c = i % C::W_CHUNKS;
-        const int col = k0 / 2 + c * 8;  // compressed column
-        if (col < half_k) {
-            mma::cp_async16(w_s + (r * C::W_CHUNKS + swizzle(r, c, C::W_CHUNKS)) * 16,
-                            w + (i64)(n0 + r) * half_k + col, 16);
-        }
+        const i64 src = A::w_global(i, n0, kt, K);
+        if (src >= 0) mma::cp_async16(stage + A::w_smem(i), w + src, 16);
     }
 #pragma unroll 2
     for (int i = tid; i < C::TILE_M * C::X_CHUNKS; i += C::THREADS) {
-        const int r = i / C::X_CHUNKS, c = i % C::X_CHUNKS;
-        const int k = k0 + c * 8;
-        if (k < K) {
-            const bool ok = m0 + r < M;
-            mma::cp_async16(x_s + (r * C::X_CHUNKS + swizzle(r, c, C::X_CHUNKS)) * 16,
-                            x + (i64)(ok ? m0 + r : 0) * K + k, ok ? 16 : 0);
-        }
+        int bytes;
+        const i64 src = A::x_global(i, m0, kt, M, K, bytes);
+        if (src >= 0) mma::cp_async16(stage + A::x_smem(i), x + src, bytes);
     }
-    const int k_blocks = K / 64;
     for (int i = tid; i < (C::TILE_N / 16) * C::META_CHUNKS; i += C::THREADS) {
-        const int t = i / C::META_CHUNKS, c = i % C::META_CHUNKS;
-        const int kb = kt * C::KSPLIT + c / 8;
-        if (kb < k_blocks) {
-            mma::cp_async16(e_s + i * 16,
-                            meta + ((i64)(n0 / 16 + t) * k_blocks + kb) * 32 + (c % 8) * 4, 16);
-        }
+        const i64 src = A::e_global(i, n0, kt, K);
+        if (src >= 0) mma::cp_async16(stage + A::e_smem(i), meta + src, 16);
     }
 }
 
@@ -149,12 +186,6 @@ __device__ __forceinline__ void sparse24_gemm(const u16* __restrict__ x,
         mma::cp_async_commit();
     }
 
-    // ldmatrix row addresses within a stage (see sparse24_mma.cuh for the fragments).
-    const int a_row = (lane & 7) + ((lane >> 3) & 1) * 8;  // + 16-row tile base
-    const int a_chunk = warp_k * 4 + (lane >> 4);           // + 2 * k-step
-    const int b_row = lane & 7;                             // + 8-token tile base
-    const int b_chunk = warp_k * 8 + (lane >> 3);           // + 4 * k-step
-
     for (int kt = 0; kt < k_tiles; ++kt) {
         // Stage kt has landed (at most STAGES-2 younger groups pending); the barrier also
         // tells every warp that the slot refilled below was consumed at step kt-1.
@@ -169,29 +200,24 @@ __device__ __forceinline__ void sparse24_gemm(const u16* __restrict__ x,
 
         if (kt * C::KSPLIT + warp_k >= k_blocks) continue;  // warp-uniform: past K
         const unsigned char* stage = smem + (kt % C::STAGES) * C::STAGE_BYTES;
-        const unsigned char* w_s = stage;
-        const unsigned char* x_s = stage + C::W_BYTES;
-        const u32* e_s = reinterpret_cast<const u32*>(x_s + C::X_BYTES);
         u32 e[C::WARP_ROWS];
 #pragma unroll
         for (int i = 0; i < C::WARP_ROWS; ++i) {
             const int tile = warp_n * C::WARP_ROWS + i;
-            e[i] = e_s[(tile * C::KSPLIT + warp_k) * 32 + lane];
+            e[i] = *reinterpret_cast<const u32*>(stage + Addr<C>::e_word(tile, warp_k, lane));
         }
 #pragma unroll
         for (int ks = 0; ks < 2; ++ks) {
             u32 a[C::WARP_ROWS][4], b[C::WARP_TOKS][4];
 #pragma unroll
             for (int i = 0; i < C::WARP_ROWS; ++i) {
-                const int r = (warp_n * C::WARP_ROWS + i) * 16 + a_row;
-                const int c = a_chunk + 2 * ks;
-                mma::ldmatrix_x4(a[i], w_s + (r * C::W_CHUNKS + swizzle(r, c, C::W_CHUNKS)) * 16);
+                const int tile = warp_n * C::WARP_ROWS + i;
+                mma::ldmatrix_x4(a[i], stage + Addr<C>::a_smem(tile, warp_k, ks, lane));
             }
 #pragma unroll
             for (int j = 0; j < C::WARP_TOKS; ++j) {
-                const int r = (warp_m * C::WARP_TOKS + j) * 8 + b_row;
-                const int c = b_chunk + 4 * ks;
-                mma::ldmatrix_x4(b[j], x_s + (r * C::X_CHUNKS + swizzle(r, c, C::X_CHUNKS)) * 16);
+                const int tok_tile = warp_m * C::WARP_TOKS + j;
+                mma::ldmatrix_x4(b[j], stage + Addr<C>::b_smem(tok_tile, warp_k, ks, lane));
             }
 #pragma unroll
             for (int i = 0; i < C::WARP_ROWS; ++i)

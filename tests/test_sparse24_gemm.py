@@ -88,16 +88,64 @@ def swizzle(row: int, chunk: int, chunks: int) -> int:
     return chunk ^ (row & 7) if chunks >= 8 else chunk ^ ((row >> 1) & 3)
 
 
-def ldmatrix_x4(tile: torch.Tensor, chunks: int, addr) -> list[list[torch.Tensor]]:
-    """ldmatrix.x4 on a swizzled tile (int16 [rows, 8 * chunks]): lane l gives the row
-    and logical chunk of row l % 8 of matrix l // 8; returns regs[lane][q] = 2 elements."""
-    rows = [addr(lane) for lane in range(32)]
+class PyAddr:
+    """The kernel's address arithmetic (``Addr<C>`` in sparse24_gemm.cu) in Python: byte
+    offsets within a stage, element offsets in global memory (-1: past K)."""
+
+    def __init__(self, cfg):
+        self.c = cfg
+        self.wc, self.xc, self.ec = cfg.stage_k // 16, cfg.stage_k // 8, 8 * cfg.ksplit
+        self.w_bytes = cfg.tile_n * self.wc * 16
+        self.x_bytes = cfg.tile_m * self.xc * 16
+        self.stage_bytes = self.w_bytes + self.x_bytes + cfg.tile_n // 16 * self.ec * 16
+
+    def w_smem(self, i):
+        r, c = divmod(i, self.wc)
+        return (r * self.wc + swizzle(r, c, self.wc)) * 16
+
+    def w_global(self, i, n0, kt, k):
+        r, c = divmod(i, self.wc)
+        col = kt * self.c.stage_k // 2 + c * 8
+        return (n0 + r) * (k // 2) + col if col < k // 2 else -1
+
+    def x_smem(self, i):
+        r, c = divmod(i, self.xc)
+        return self.w_bytes + (r * self.xc + swizzle(r, c, self.xc)) * 16
+
+    def x_global(self, i, m0, kt, m, k):
+        r, c = divmod(i, self.xc)
+        col, ok = kt * self.c.stage_k + c * 8, m0 + r < m
+        return ((m0 + r if ok else 0) * k + col if col < k else -1), (16 if ok else 0)
+
+    def e_smem(self, i):
+        return self.w_bytes + self.x_bytes + i * 16
+
+    def e_global(self, i, n0, kt, k):
+        t, c = divmod(i, self.ec)
+        kb = kt * self.c.ksplit + c // 8
+        return ((n0 // 16 + t) * (k // 64) + kb) * 32 + (c % 8) * 4 if kb < k // 64 else -1
+
+    def a_smem(self, tile, wk, ks, lane):
+        r = tile * 16 + (lane & 7) + ((lane >> 3) & 1) * 8
+        c = wk * 4 + 2 * ks + (lane >> 4)
+        return (r * self.wc + swizzle(r, c, self.wc)) * 16
+
+    def b_smem(self, tok_tile, wk, ks, lane):
+        r, c = tok_tile * 8 + (lane & 7), wk * 8 + 4 * ks + (lane >> 3)
+        return self.w_bytes + (r * self.xc + swizzle(r, c, self.xc)) * 16
+
+    def e_word(self, tile, wk, lane):
+        return self.w_bytes + self.x_bytes + ((tile * self.c.ksplit + wk) * 32 + lane) * 4
+
+
+def ldmatrix_x4(stage: torch.Tensor, addrs: list[int], dtype) -> list[list[torch.Tensor]]:
+    """ldmatrix.x4 on int16 shared memory: lane l gives the byte address of row l % 8 of
+    matrix l // 8; lane t receives row t // 4, elements 2 (t % 4) and +1 of each matrix."""
     regs = [[None] * 4 for _ in range(32)]
-    for q in range(4):
-        for lane in range(32):
-            r, c = rows[8 * q + lane // 4]
-            p = swizzle(r, c, chunks) * 8 + 2 * (lane % 4)
-            regs[lane][q] = tile[r, p : p + 2]
+    for lane in range(32):
+        for q in range(4):
+            p = addrs[8 * q + lane // 4] // 2 + 2 * (lane % 4)
+            regs[lane][q] = stage[p : p + 2].view(dtype)
     return regs
 
 
@@ -129,33 +177,34 @@ def mma_sp_semantics(a, b, e, sel: int) -> torch.Tensor:
 
 
 def emulate_kernel(cfg, x, values, meta_mma) -> torch.Tensor:
-    """The kernel's data flow in Python: per block and stage, the swizzled shared tiles as
-    load_stage fills them, per warp the ldmatrix addresses and mma.sp calls, the split-K
-    sum, and the output mapping of the accumulators. float64 accumulators."""
-    m, k = x.shape
-    n = values.shape[0]
-    xz = torch.cat([x, x.new_zeros(cfg.tile_m, k)])  # rows >= M read as zeros
+    """The kernel's data flow in Python with its address arithmetic (PyAddr): per block
+    and stage a shared-memory image filled as load_stage fills it (bytes never written
+    hold -1: NaN values, invalid metadata), per warp the ldmatrix addresses and mma.sp
+    calls, the split-K sum, the accumulator-to-output mapping. float64 accumulators."""
+    ad, dtype = PyAddr(cfg), x.dtype
+    (m, k), n = x.shape, values.shape[0]
+    xb, wb, eb = (
+        x.view(torch.int16).flatten(),
+        values.view(torch.int16).flatten(),
+        meta_mma.flatten(),
+    )
     y = torch.full((m, n), float("nan"), dtype=torch.float64)
-    xc, wc = cfg.stage_k // 8, cfg.stage_k // 16
     for n0 in range(0, n, cfg.tile_n):
         for m0 in range(0, m, cfg.tile_m):
             acc = torch.zeros(cfg.tile_m, cfg.tile_n, dtype=torch.float64)
             for kt in range(-(-k // cfg.stage_k)):
-                k0 = kt * cfg.stage_k
-                w_s = torch.zeros(cfg.tile_n, wc * 8, dtype=values.dtype)
-                x_s = torch.zeros(cfg.tile_m, xc * 8, dtype=x.dtype)
-                for r in range(cfg.tile_n):
-                    for c in range(wc):
-                        if k0 // 2 + 8 * c < k // 2:
-                            p = swizzle(r, c, wc) * 8
-                            w_s[r, p : p + 8] = values[
-                                n0 + r, k0 // 2 + 8 * c : k0 // 2 + 8 * c + 8
-                            ]
-                for r in range(cfg.tile_m):
-                    for c in range(xc):
-                        if k0 + 8 * c < k:
-                            p = swizzle(r, c, xc) * 8
-                            x_s[r, p : p + 8] = xz[m0 + r, k0 + 8 * c : k0 + 8 * c + 8]
+                stage = torch.full((ad.stage_bytes // 2,), -1, dtype=torch.int16)
+                words = stage.view(torch.int32)
+                for i in range(cfg.tile_n * ad.wc):
+                    if (src := ad.w_global(i, n0, kt, k)) >= 0:
+                        stage[ad.w_smem(i) // 2 :][:8] = wb[src : src + 8]
+                for i in range(cfg.tile_m * ad.xc):
+                    src, nbytes = ad.x_global(i, m0, kt, m, k)
+                    if src >= 0:
+                        stage[ad.x_smem(i) // 2 :][:8] = xb[src : src + 8] if nbytes else 0
+                for i in range(cfg.tile_n // 16 * ad.ec):
+                    if (src := ad.e_global(i, n0, kt, k)) >= 0:
+                        words[ad.e_smem(i) // 4 :][:4] = eb[src : src + 4]
                 for warp in range(cfg.threads // 32):
                     wn, wm = warp % cfg.warps_n, (warp // cfg.warps_n) % cfg.warps_m
                     wk = warp // (cfg.warps_n * cfg.warps_m)
@@ -164,30 +213,29 @@ def emulate_kernel(cfg, x, values, meta_mma) -> torch.Tensor:
                     for ks in range(2):
                         for i in range(cfg.warp_rows):
                             tile = wn * cfg.warp_rows + i
-                            e = meta_mma[n0 // 16 + tile, kt * cfg.ksplit + wk]
-                            a = ldmatrix_x4(w_s, wc, lambda ln, tile=tile, ks=ks, wk=wk: (
-                                tile * 16 + (ln & 7) + ((ln >> 3) & 1) * 8,
-                                wk * 4 + (ln >> 4) + 2 * ks))  # fmt: skip
+                            e = [words[ad.e_word(tile, wk, ln) // 4] for ln in range(32)]
+                            a_addr = [ad.a_smem(tile, wk, ks, ln) for ln in range(32)]
+                            a = ldmatrix_x4(stage, a_addr, dtype)
                             for j in range(cfg.warp_toks):
-                                tok = (wm * cfg.warp_toks + j) * 8
-                                b = ldmatrix_x4(x_s, xc, lambda ln, tok=tok, ks=ks, wk=wk: (
-                                    tok + (ln & 7), wk * 8 + (ln >> 3) + 4 * ks))  # fmt: skip
-                                d = mma_sp_semantics(a, b, e, ks)
-                                acc[tok : tok + 8, tile * 16 : tile * 16 + 16] += d.T
+                                tt = wm * cfg.warp_toks + j
+                                b_addr = [ad.b_smem(tt, wk, ks, ln) for ln in range(32)]
+                                d = mma_sp_semantics(a, ldmatrix_x4(stage, b_addr, dtype), e, ks)
+                                acc[tt * 8 : tt * 8 + 8, tile * 16 : tile * 16 + 16] += d.T
             rows = min(cfg.tile_m, m - m0)
             y[m0 : m0 + rows, n0 : n0 + cfg.tile_n] = acc[:rows]
     return y
 
 
-@pytest.mark.parametrize(
-    "name, m, n, k",
-    [("m8", 3, 64, 320), ("m16", 16, 64, 256), ("m64", 37, 128, 128), ("large", 9, 128, 64)],
-)
-def test_emulated_kernel_matches_dense(name, m, n, k):
+EMULATED = [("m8", 3, 64, 320), ("m16", 16, 64, 256), ("m64", 37, 128, 128), ("large", 9, 128, 64)]
+
+
+@pytest.mark.parametrize("dtype", HALF_DTYPES)
+@pytest.mark.parametrize("name, m, n, k", EMULATED)
+def test_emulated_kernel_matches_dense(name, m, n, k, dtype):
     cfg = CONFIGS[name]
-    w = weight_with_zero_groups(n, k, torch.float16)
+    w = weight_with_zero_groups(n, k, dtype)
     values, meta = to_sparse24_ref(w)
-    x = torch.randn(m, k).half()
+    x = torch.randn(m, k).to(dtype)
     y = emulate_kernel(cfg, x, values, sparse24_meta_to_mma(meta))
     dense = from_sparse24_ref(values, meta).double()
     torch.testing.assert_close(y, x.double() @ dense.T, rtol=1e-12, atol=1e-12)
@@ -264,6 +312,88 @@ def test_cuda_configs_match_python_table(tmp_path):
             for c in range(ch):
                 banks = {(r * ch + swizzle(r, c, ch)) % 8 for r in range(r0, r0 + 8)}
                 assert len(banks) == 8, (ch, r0, c)
+
+
+ADDR_DUMP = r"""
+#include "sparse24_gemm.cu"
+#include <cstdio>
+#include <cstdlib>
+// Every offset of block (1, 1) of a problem M x N x K, in a fixed order.
+template <class C> void dump(int M, int K) {
+    typedef step::gemm::Addr<C> A;
+    const int n0 = C::TILE_N, m0 = C::TILE_M;
+    for (int kt = 0; kt < (K + C::STAGE_K - 1) / C::STAGE_K; ++kt) {
+        for (int i = 0; i < C::TILE_N * C::W_CHUNKS; ++i)
+            printf("%d %lld ", A::w_smem(i), A::w_global(i, n0, kt, K));
+        for (int i = 0; i < C::TILE_M * C::X_CHUNKS; ++i) {
+            int bytes;
+            const long long g = A::x_global(i, m0, kt, M, K, bytes);
+            printf("%d %lld %d ", A::x_smem(i), g, bytes);
+        }
+        for (int i = 0; i < C::TILE_N / 16 * C::META_CHUNKS; ++i)
+            printf("%d %lld ", A::e_smem(i), A::e_global(i, n0, kt, K));
+    }
+    for (int wk = 0; wk < C::KSPLIT; ++wk)
+        for (int lane = 0; lane < 32; ++lane) {
+            for (int t = 0; t < C::TILE_N / 16; ++t)
+                printf("%d %d %d ", A::a_smem(t, wk, 0, lane), A::a_smem(t, wk, 1, lane),
+                       A::e_word(t, wk, lane));
+            for (int t = 0; t < C::TILE_M / 8; ++t)
+                printf("%d %d ", A::b_smem(t, wk, 0, lane), A::b_smem(t, wk, 1, lane));
+        }
+    printf("\n");
+}
+int main(int argc, char** argv) {
+    using namespace step::gemm;
+    const int M = atoi(argv[1]), K = atoi(argv[2]);
+    dump<ConfigM8>(M, K); dump<ConfigM16>(M, K); dump<ConfigM64>(M, K); dump<ConfigLarge>(M, K);
+}
+"""
+
+
+def py_dump(cfg, m: int, k: int) -> list[int]:
+    """PyAddr's offsets in the order of ADDR_DUMP's dump<C>()."""
+    ad, out = PyAddr(cfg), []
+    n0, m0 = cfg.tile_n, cfg.tile_m
+    for kt in range(-(-k // cfg.stage_k)):
+        for i in range(cfg.tile_n * ad.wc):
+            out += [ad.w_smem(i), ad.w_global(i, n0, kt, k)]
+        for i in range(cfg.tile_m * ad.xc):
+            out += [ad.x_smem(i), *ad.x_global(i, m0, kt, m, k)]
+        for i in range(cfg.tile_n // 16 * ad.ec):
+            out += [ad.e_smem(i), ad.e_global(i, n0, kt, k)]
+    for wk in range(cfg.ksplit):
+        for lane in range(32):
+            for t in range(cfg.tile_n // 16):
+                out += [ad.a_smem(t, wk, 0, lane), ad.a_smem(t, wk, 1, lane)]
+                out.append(ad.e_word(t, wk, lane))
+            for t in range(cfg.tile_m // 8):
+                out += [ad.b_smem(t, wk, 0, lane), ad.b_smem(t, wk, 1, lane)]
+    return out
+
+
+@pytest.fixture(scope="module")
+def addr_dump(tmp_path_factory):
+    """The host program printing the .cu's offsets (built once)."""
+    if shutil.which("nvcc") is None:
+        pytest.skip("needs nvcc")
+    root = tmp_path_factory.mktemp("addr")
+    (root / "a.cu").write_text(ADDR_DUMP)
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_80", f"-I{csrc_dir()}", str(root / "a.cu")]
+    proc = subprocess.run([*cmd, "-o", str(root / "a")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return root / "a"
+
+
+@pytest.mark.parametrize("m, k", [(200, 320), (9, 64), (1000, 1088)])
+def test_cuda_address_arithmetic_matches_emulation(addr_dump, m, k):
+    """The offsets the .cu computes (Addr<C>, run on the host) are the emulation's."""
+    exe = addr_dump
+    run = subprocess.run([str(exe), str(m), str(k)], capture_output=True, text=True, check=True)
+    lines = run.stdout.strip().split("\n")
+    assert len(lines) == 4
+    for name, line in zip(("m8", "m16", "m64", "large"), lines, strict=True):
+        assert [int(v) for v in line.split()] == py_dump(CONFIGS[name], m, k), name
 
 
 # ---------------------------------------------------------------- refusals
