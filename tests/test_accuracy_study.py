@@ -35,7 +35,7 @@ def smoke(tmp_path_factory):
 def test_every_recipe_runs_once_and_records_its_setting(smoke):
     study, root, out = smoke
     names = sorted(p.name for p in out.glob("*.json"))
-    recipes = ("asp", "dense", "srste", "step-paper", "step")
+    recipes = ("asp", "dense", "srste", "step-paper", "step", "step-decay0", "step-decay6e-4")
     assert names == sorted(
         [f"shakespeare-2x4-{r}-seed0.json" for r in recipes]
         + ["pilot-shakespeare-2x4-step-seed1000.json"]
@@ -53,6 +53,9 @@ def test_every_recipe_runs_once_and_records_its_setting(smoke):
     assert dense["switch_step"] is None and dense["sparsity"] == 0.0
     asp = json.loads((out / "shakespeare-2x4-asp-seed0.json").read_text())
     assert asp["sparsity"] > 0.4
+    variant = json.loads((out / "shakespeare-2x4-step-decay0-seed0.json").read_text())
+    assert variant["config"]["srste_decay"] == 0.0 and variant["config"]["recipe"] == "step"
+    assert variant["label"] == "STEP, srste_decay 0 (plain STE)"
 
 
 def test_paper_threshold_comes_from_the_pilot(smoke):
@@ -91,7 +94,7 @@ def test_report_tables_and_figure(smoke, tmp_path):
             "--conclusions", str(conclusions)]  # fmt: skip
     assert report.main(args) == 0
     text = page.read_text()
-    for name in report.RECIPE_NAMES.values():
+    for name in [*report.RECIPE_NAMES.values(), "STEP, srste_decay 0 (plain STE)"]:
         assert f"| {name} |" in text
     assert "### 2:4" in text and "Hand-written conclusions." in text
     assert (tmp_path / "docs" / "img" / "accuracy_zt_shakespeare.png").stat().st_size > 1000

@@ -71,10 +71,12 @@ def task_table(task: str, nm: str, runs: list[dict], dense: dict[int, dict]) -> 
             "| switch step (fraction) | seeds | wall time per run |")  # fmt: skip
     lines = [head, "|---|---|---|---|---|---|---|"]
     dense_mean = mean_std([r["final"][metric] for r in dense.values()])[0] if dense else None
-    for recipe in RECIPE_NAMES:
+    variants = sorted(set(by_recipe) - set(RECIPE_NAMES))  # from the task file's [variants]
+    for recipe in [*RECIPE_NAMES, *variants]:
         rows = sorted(by_recipe.get(recipe, []), key=lambda r: r["seed"])
         if not rows:
             continue
+        label = RECIPE_NAMES.get(recipe) or rows[0].get("label") or recipe
         values = [r["final"][metric] for r in rows]
         mean, std = mean_std(values)
         ratio = gap = "-"
@@ -91,7 +93,7 @@ def task_table(task: str, nm: str, runs: list[dict], dense: dict[int, dict]) -> 
             steps = ", ".join(str(r["switch_step"]) for r in rows)
             switch = f"{steps} ({statistics.fmean(switches):.2f})"
         seconds = statistics.fmean(r["seconds"] for r in rows)
-        lines.append(f"| {RECIPE_NAMES[recipe]} | {fmt(metric, mean, std)} | {ratio} | {gap} "
+        lines.append(f"| {label} | {fmt(metric, mean, std)} | {ratio} | {gap} "
                      f"| {switch} | {len(rows)} | {seconds:.0f} s |")  # fmt: skip
     return lines
 

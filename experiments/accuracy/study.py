@@ -12,6 +12,9 @@ hyperparameters. Recipes:
 ``step``        STEP with the default scale-free ``plateau`` AutoSwitch
 ``step-paper``  STEP with the ``paper`` criterion (mean of Z_t below a threshold)
 
+A task file may add ``[variants.<name>]`` tables: a base ``recipe``, a ``label`` and
+settings that differ (e.g. ``srste_decay``), run at the task's first N:M for every seed.
+
 The ``paper`` criterion's threshold is in the units of Z_t, so it is calibrated once per
 task and scale on a held-out seed (``PILOT_SEED``): a ``step`` run whose mean Z_t over the
 last window at its plateau switch becomes the threshold. The two criteria thus agree on
@@ -40,7 +43,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +69,7 @@ class TaskStudy:
     nms: tuple[str, ...]
     seeds: tuple[int, ...]
     settings: dict[str, Any]  # TrainConfig fields of the chosen scale
+    variants: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -90,11 +94,16 @@ def load_study(path: Path, scale: str) -> TaskStudy:
     if unknown:
         raise SystemExit(f"{path}: unknown recipes {sorted(unknown)}; known: {RECIPES}")
     settings = dict(data[section])
+    variants = data.get("variants", {})
+    for name, variant in variants.items():
+        if name in RECIPES or variant.get("recipe") not in RECIPES[1:4]:
+            raise SystemExit(f"{path}: variant {name!r} needs a new name and a base recipe "
+                             f"from {RECIPES[1:4]}")  # fmt: skip
     nms, seeds = tuple(data["nm"]), tuple(data["seeds"])
     if scale == "smoke":
         settings.update(SMOKE)
         nms, seeds = nms[:1], seeds[:1]
-    return TaskStudy(data["task"], tuple(data["recipes"]), nms, seeds, settings)
+    return TaskStudy(data["task"], tuple(data["recipes"]), nms, seeds, settings, variants)
 
 
 def plan(study: TaskStudy) -> list[Run]:
@@ -105,6 +114,7 @@ def plan(study: TaskStudy) -> list[Run]:
             for recipe in study.recipes:
                 if recipe != "dense" or i == 0:
                     runs.append(Run(study.task, recipe, nm, seed))
+        runs += [Run(study.task, name, study.nms[0], seed) for name in study.variants]
     return runs
 
 
@@ -114,6 +124,8 @@ def train_config(study: TaskStudy, run: Run, threshold: float | None):
 
     values = {**study.settings, "task": run.task, "nm": run.nm, "seed": run.seed}
     values["recipe"] = "step" if run.recipe == "step-paper" else run.recipe
+    variant = {k: v for k, v in study.variants.get(run.recipe, {}).items() if k != "label"}
+    values.update(variant)
     if run.recipe == "step-paper":
         values.update(criterion="paper", threshold=threshold)
     return build({}, values).resolved()
@@ -146,6 +158,7 @@ def execute(study: TaskStudy, run: Run, threshold: float | None, work: Path, kee
     switch = json.loads((run_dir / "autoswitch.json").read_text())
     record = {
         "run": run.name, "task": run.task, "recipe": run.recipe, "nm": run.nm,
+        "label": study.variants.get(run.recipe, {}).get("label"),
         "seed": run.seed, "config": cfg.to_dict(), "environment": environment(cfg.device),
         "metric": summary["metric"], "final": result.final, "steps": cfg.steps,
         "switch_step": result.switch_step, "seconds": result.seconds,
