@@ -122,6 +122,28 @@ def parse_backends(parser: argparse.ArgumentParser, text: str) -> list[str]:
     return parse_choices(parser, "--backends", text, ("auto", *BACKENDS))
 
 
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """``"4096x11008,8192x8192"`` -> ``[(4096, 11008), (8192, 8192)]`` (rows x K, each >= 1)."""
+    shapes = []
+    for item in text.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", item)
+        if not match or min(int(match.group(1)), int(match.group(2))) < 1:
+            raise argparse.ArgumentTypeError(f"shape {item!r}: expected NxK, e.g. 4096x11008")
+        shapes.append((int(match.group(1)), int(match.group(2))))
+    return shapes
+
+
+def parse_tokens(text: str) -> list[int]:
+    """``"1,16,4096"`` -> ``[1, 16, 4096]`` (each >= 1)."""
+    try:
+        tokens = [int(t) for t in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--tokens {text!r}: expected integers") from err
+    if min(tokens) < 1:
+        raise argparse.ArgumentTypeError("--tokens: every count must be >= 1")
+    return tokens
+
+
 # ---------------------------------------------------------------- timing
 
 

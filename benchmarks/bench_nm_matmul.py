@@ -129,28 +129,6 @@ def bytes_limit_speedup(tokens: int, n_out: int, k: int, n: int, m: int, elem: i
 # ---------------------------------------------------------------- command line
 
 
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """``"4096x11008,11008x4096"`` -> ``[(4096, 11008), (11008, 4096)]`` (N x K)."""
-    shapes = []
-    for item in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", item)
-        if not match or min(int(match.group(1)), int(match.group(2))) < 1:
-            raise argparse.ArgumentTypeError(f"shape {item!r}: expected NxK, e.g. 4096x11008")
-        shapes.append((int(match.group(1)), int(match.group(2))))
-    return shapes
-
-
-def parse_tokens(text: str) -> list[int]:
-    """``"1,16,4096"`` -> ``[1, 16, 4096]`` (each >= 1)."""
-    try:
-        tokens = [int(t) for t in text.split(",")]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--tokens {text!r}: expected integers") from err
-    if min(tokens) < 1:
-        raise argparse.ArgumentTypeError("--tokens: every count must be >= 1")
-    return tokens
-
-
 def parse_ratios(text: str) -> list[tuple[int, int]]:
     """``"2:4,1:8"`` -> ``[(2, 4), (1, 8)]``; each ``1 <= n < m <= 32``."""
     ratios = []
@@ -176,10 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     shapes = ",".join(f"{n}x{k}" for n, k in SHAPES)
     tokens = ",".join(map(str, TOKENS))
     parser.add_argument(
-        "--shapes", type=parse_shapes, default=None, help=f"NxK weights (default {shapes})"
+        "--shapes", type=common.parse_shapes, default=None, help=f"NxK weights (default {shapes})"
     )
     parser.add_argument(
-        "--tokens", type=parse_tokens, default=None, help=f"token counts T (default {tokens})"
+        "--tokens",
+        type=common.parse_tokens,
+        default=None,
+        help=f"token counts T (default {tokens})",
     )
     parser.add_argument(
         "--ratios", type=parse_ratios, default=None, help=f"N:M patterns (default {RATIOS})"

@@ -31,7 +31,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Callable
 
@@ -58,28 +57,6 @@ def gemm_bytes(impl: str, m: int, n: int, k: int, elem: int = 2) -> int:
     dense ``n*k*e``; 2:4 values ``n*k/2*e`` plus metadata ``n*k/8`` (4 bits per 4-group)."""
     weight = n * k * elem if impl == "dense" else n * k // 2 * elem + n * k // 8
     return m * k * elem + weight + m * n * elem
-
-
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """``"4096x11008,8192x8192"`` -> ``[(4096, 11008), (8192, 8192)]`` (N x K)."""
-    shapes = []
-    for item in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", item)
-        if not match:
-            raise argparse.ArgumentTypeError(f"shape {item!r}: expected NxK, e.g. 4096x11008")
-        shapes.append((int(match.group(1)), int(match.group(2))))
-    return shapes
-
-
-def parse_tokens(text: str) -> list[int]:
-    """``"1,16,128"`` -> ``[1, 16, 128]`` (each >= 1)."""
-    try:
-        tokens = [int(t) for t in text.split(",")]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"--tokens {text!r}: expected integers") from err
-    if min(tokens) < 1:
-        raise argparse.ArgumentTypeError("--tokens: every count must be >= 1")
-    return tokens
 
 
 def implementations(
@@ -216,10 +193,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     """Parse the command line; refuse to run without a CUDA GPU (usage error, status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--shapes", type=parse_shapes, default=parse_shapes(SHAPES), help=f"NxK (default {SHAPES})"
+        "--shapes",
+        type=common.parse_shapes,
+        default=common.parse_shapes(SHAPES),
+        help=f"NxK (default {SHAPES})",
     )
     parser.add_argument(
-        "--tokens", type=parse_tokens, default=parse_tokens(TOKENS), help=f"M (default {TOKENS})"
+        "--tokens",
+        type=common.parse_tokens,
+        default=common.parse_tokens(TOKENS),
+        help=f"M (default {TOKENS})",
     )
     parser.add_argument("--dtypes", default="float16", help="float16 and/or bfloat16")
     common.add_run_args(parser)

@@ -32,7 +32,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Callable
 
@@ -124,17 +123,6 @@ def resolved_backend(op: str, backend: str, w: torch.Tensor) -> str:
 
 
 # ---------------------------------------------------------------- the run
-
-
-def parse_shapes(text: str) -> list[tuple[int, int]]:
-    """``"8192x8192,4096x11008"`` -> ``[(8192, 8192), (4096, 11008)]``."""
-    shapes = []
-    for item in text.split(","):
-        match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", item)
-        if not match:
-            raise argparse.ArgumentTypeError(f"shape {item!r}: expected ROWSxK, e.g. 4096x11008")
-        shapes.append((int(match.group(1)), int(match.group(2))))
-    return shapes
 
 
 def record(
@@ -235,7 +223,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     common.add_device_arg(parser)
     parser.add_argument(
         "--shapes",
-        type=parse_shapes,
+        type=common.parse_shapes,
         default=None,
         help=f"comma-separated ROWSxK (default cuda: {CUDA_SHAPES}; cpu: {CPU_SHAPES})",
     )
@@ -257,7 +245,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     common.resolve_device(parser, args)
     on_gpu = args.device == "cuda"
     if args.shapes is None:
-        args.shapes = parse_shapes(CUDA_SHAPES if on_gpu else CPU_SHAPES)
+        args.shapes = common.parse_shapes(CUDA_SHAPES if on_gpu else CPU_SHAPES)
     args.dtypes = common.parse_choices(parser, "--dtypes", args.dtypes, DTYPES)
     default_backends = "auto,cuda,triton,reference" if on_gpu else "reference"
     args.backends = common.parse_backends(parser, args.backends or default_backends)
