@@ -82,7 +82,8 @@ def task_table(task: str, nm: str, runs: list[dict], dense: dict[int, dict]) -> 
         ratio = gap = "-"
         if recipe != "dense" and dense_mean:
             ratio = f"{mean / dense_mean:.4f}"
-            diffs = [sign * (r["final"][metric] - dense[r["seed"]]["final"][metric])
+            # positive = worse than dense: lost accuracy, or added perplexity
+            diffs = [sign * (dense[r["seed"]]["final"][metric] - r["final"][metric])
                      for r in rows if r["seed"] in dense]  # fmt: skip
             if diffs:
                 d_mean, d_std = mean_std(diffs)
