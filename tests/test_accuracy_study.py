@@ -101,6 +101,13 @@ def test_report_tables_and_figure(smoke, tmp_path):
     assert "](img/accuracy_zt_shakespeare.png)" in text
     dense_row = next(ln for ln in text.splitlines() if ln.startswith("| dense AdamW |"))
     assert dense_row.split("|")[3].strip() == "-"  # no ratio of dense to itself
+    # the paired gap is positive when the sparse run is worse (higher perplexity)
+    out = root / "results" / "smoke"
+    ppl = {r: json.loads((out / f"shakespeare-2x4-{r}-seed0.json").read_text())["final"]
+           for r in ("dense", "srste")}  # fmt: skip
+    gap = ppl["srste"]["perplexity"] - ppl["dense"]["perplexity"]
+    srste_row = next(ln for ln in text.splitlines() if ln.startswith("| SR-STE |"))
+    assert srste_row.split("|")[4].strip() == f"{gap:.3f} +- 0.000"
 
 
 def test_unknown_task_is_refused():
