@@ -50,7 +50,7 @@ bench)
     ;;
 study)
     install
-    step study_gpu 560 python experiments/accuracy/study.py --scale gpu --jobs 1 \
+    step study_gpu 560 python experiments/accuracy/study.py --scale gpu --jobs 4 \
         --results experiments/accuracy/results --work "$OUT/runs"
     cp -r experiments/accuracy/results/gpu "$OUT/accuracy-gpu"
     rm -rf "$OUT/runs"
