@@ -28,12 +28,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def kernel_devices() -> list:
-    """Devices on which the Triton kernels are tested: the CPU (interpreter) and, when
-    present, the GPU (marked ``gpu``)."""
-    return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

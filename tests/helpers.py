@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -45,3 +46,9 @@ def random_weights(shape, dtype, device="cpu", *, ties: bool = False) -> torch.T
     else:
         w = torch.randn(shape)
     return w.to(dtype=dtype, device=device)
+
+
+def kernel_devices() -> list:
+    """Devices on which the Triton kernels are tested: the CPU (interpreter) and, when
+    present, the GPU (marked ``gpu``)."""
+    return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

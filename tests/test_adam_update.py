@@ -25,8 +25,7 @@ import sys
 
 import pytest
 import torch
-from conftest import kernel_devices
-from helpers import DTYPES, assert_bits_equal
+from helpers import DTYPES, assert_bits_equal, kernel_devices
 
 import step  # noqa: F401  (sets up torch.ops.step)
 from step.ops import adam_update, adam_update_ref, nm_mask_ref

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import kernel_devices
-from helpers import DTYPES, RATIOS, assert_bits_equal, random_weights
+from helpers import DTYPES, RATIOS, assert_bits_equal, kernel_devices, random_weights
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -3,8 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kernel_devices
-from helpers import DTYPES, RATIOS, assert_within_tolerance_rule, random_weights
+from helpers import DTYPES, RATIOS, assert_within_tolerance_rule, kernel_devices, random_weights
 from step.kernels.nm_linear import nm_linear_tiles
 
 import step

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-from conftest import kernel_devices
-from helpers import HALF_DTYPES, assert_bits_equal, random_weights
+from helpers import HALF_DTYPES, assert_bits_equal, kernel_devices, random_weights
 from torch.sparse._semi_structured_conversions import (
     sparse_semi_structured_from_dense_cutlass,
     sparse_semi_structured_to_dense_cutlass,

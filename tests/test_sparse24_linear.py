@@ -3,8 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import kernel_devices
-from helpers import HALF_DTYPES, assert_within_tolerance_rule, random_weights
+from helpers import HALF_DTYPES, assert_within_tolerance_rule, kernel_devices, random_weights
 
 import step
 from step.ops import from_sparse24_ref, sparse24_linear_ref
