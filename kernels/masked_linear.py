@@ -125,8 +125,10 @@ def masked_linear_triton(
     y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
     given = mask is not None
     # without a given mask, the first row of programs writes every element of this one
-    mask_i8 = mask.view(torch.int8) if given else torch.empty(w.shape, dtype=torch.int8,
-                                                              device=w.device)  # fmt: skip
+    if given:
+        mask_i8 = mask.contiguous().view(torch.int8)
+    else:
+        mask_i8 = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     if n_out and k_in:
         bm, bn, bg = masked_linear_tiles(n_tokens, m)
         # with no tokens one row of programs still runs, to compute the mask

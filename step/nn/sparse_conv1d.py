@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sparse_module import SparseWeightMixin, compressed_forward
+from .sparse_module import SparseWeightMixin, compressed_forward, fused_ste_linear
 
 
 def is_hf_conv1d(module: nn.Module) -> bool:
@@ -53,6 +53,8 @@ class SparseConv1D(SparseWeightMixin, nn.Module):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.sparsity.mode == "ste":
+            return fused_ste_linear(self, x, transposed=True)
         y = compressed_forward(self, x)
         if y is not None:
             return y

@@ -6,8 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..ops.masked_linear import check_masked_linear_args
-from .sparse_module import SparseWeightMixin, compressed_forward
+from .sparse_module import SparseWeightMixin, compressed_forward, fused_ste_linear
 
 
 class SparseLinear(SparseWeightMixin, nn.Linear):
@@ -56,17 +55,8 @@ class SparseLinear(SparseWeightMixin, nn.Linear):
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        state = self.sparsity
-        if state.mode == "ste":
-            # a stale cache lets the fused kernel rank the weight and keeps its mask
-            mask = state.cached_mask(self.weight)
-            check_masked_linear_args(x, self.weight, state.n, state.m, self.bias, mask)
-            y, computed = torch.ops.step.masked_linear(
-                x, self.weight, state.n, state.m, self.bias, mask
-            )
-            if mask is None:
-                state.remember_mask(self.weight, computed)
-            return y
+        if self.sparsity.mode == "ste":
+            return fused_ste_linear(self, x)
         y = compressed_forward(self, x)
         return y if y is not None else F.linear(x, self.sparse_weight(), self.bias)
 

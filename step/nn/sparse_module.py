@@ -12,6 +12,7 @@ import torch
 
 from ..functional import ste_masked
 from ..ops.compressed_weight import CompressedWeight, compress_weight
+from ..ops.masked_linear import check_masked_linear_args
 from .sparsity import ATTRIBUTE, NMSparsity
 
 
@@ -148,3 +149,23 @@ def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     if torch.compiler.is_compiling() or cw.runs_sparse(x, layer.bias):
         return cw.linear(x, layer.bias)
     return None
+
+
+def fused_ste_linear(layer, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+    """``x @ (W * mask).T + b`` of a linear-like layer in ``ste`` mode, on the fused
+    ``step::masked_linear`` op (straight-through gradient to the dense weight).
+
+    ``transposed``: the layer stores ``W.T`` (``[in, out]``, e.g. ``SparseConv1D``). If the
+    weight changed since the layer's mask was cached, the op ranks it (inside the kernel
+    where one runs) and the mask it returns is cached for micro-batches and the SR-STE
+    term; otherwise the cached mask is passed in.
+    """
+    state = layer.sparsity
+    w_rows = layer.weight.t() if transposed else layer.weight  # [out, in]
+    cached = state.cached_mask(layer.weight)
+    mask = None if cached is None else (cached.t() if transposed else cached)
+    check_masked_linear_args(x, w_rows, state.n, state.m, layer.bias, mask)
+    y, computed = torch.ops.step.masked_linear(x, w_rows, state.n, state.m, layer.bias, mask)
+    if mask is None:
+        state.remember_mask(layer.weight, computed.t().contiguous() if transposed else computed)
+    return y
