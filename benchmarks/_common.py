@@ -364,3 +364,11 @@ def write_results(out: Path, head: dict[str, Any], payload: dict[str, Any], tabl
     Path(f"{stem}.md").write_text(table)
     print(f"wrote {stem}.json and {stem}.md")
     return stem
+
+
+def publish(out: Path, head: dict[str, Any], records: list[dict[str, Any]], table: str) -> int:
+    """Print ``table``, write ``{"header", "records"}`` and the table (:func:`write_results`);
+    returns 0, the runner's exit status."""
+    print(table)
+    write_results(out, head, {"header": head, "records": records}, table)
+    return 0

@@ -137,9 +137,7 @@ def main(argv=None) -> int:
         for r in measure(args, device, n, k, dtype, ratio, flush)
     ]
     table = markdown(head, records)
-    print(table)
-    common.write_results(args.out, head, {"header": head, "records": records}, table)
-    return 0
+    return common.publish(args.out, head, records, table)
 
 
 if __name__ == "__main__":

@@ -261,9 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     head = common.header("sparsify", device, args, common.local_now(), turns="ops")
     records = run(args, device)
     table = markdown(head, records)
-    print(table)
-    common.write_results(args.out, head, {"header": head, "records": records}, table)
-    return 0
+    return common.publish(args.out, head, records, table)
 
 
 if __name__ == "__main__":
