@@ -54,7 +54,7 @@ class SparseConv1D(SparseWeightMixin, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.sparsity.mode == "ste":
-            return fused_ste_linear(self, x, transposed=True)
+            return fused_ste_linear(self, x)
         y = compressed_forward(self, x)
         if y is not None:
             return y

@@ -151,21 +151,21 @@ def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     return None
 
 
-def fused_ste_linear(layer, x: torch.Tensor, transposed: bool = False) -> torch.Tensor:
+def fused_ste_linear(layer, x: torch.Tensor) -> torch.Tensor:
     """``x @ (W * mask).T + b`` of a linear-like layer in ``ste`` mode, on the fused
     ``step::masked_linear`` op (straight-through gradient to the dense weight).
 
-    ``transposed``: the layer stores ``W.T`` (``[in, out]``, e.g. ``SparseConv1D``). If the
-    weight changed since the layer's mask was cached, the op ranks it (inside the kernel
-    where one runs) and the mask it returns is cached for micro-batches and the SR-STE
-    term; otherwise the cached mask is passed in.
+    The op sees the weight as ``[out, in]`` (:meth:`NMSparsity.grouped`: a transposed
+    view for ``SparseConv1D``). If the weight changed since the layer's mask was cached,
+    the op ranks it (inside the kernel where one runs) and the mask it returns is cached
+    for micro-batches and the SR-STE term; otherwise the cached mask is passed in.
     """
     state = layer.sparsity
-    w_rows = layer.weight.t() if transposed else layer.weight  # [out, in]
+    w_rows = state.grouped(layer.weight)
     cached = state.cached_mask(layer.weight)
-    mask = None if cached is None else (cached.t() if transposed else cached)
+    mask = None if cached is None else state.grouped(cached)
     check_masked_linear_args(x, w_rows, state.n, state.m, layer.bias, mask)
     y, computed = torch.ops.step.masked_linear(x, w_rows, state.n, state.m, layer.bias, mask)
     if mask is None:
-        state.remember_mask(layer.weight, computed.t().contiguous() if transposed else computed)
+        state.remember_mask(layer.weight, state.mask_like(computed, layer.weight))
     return y

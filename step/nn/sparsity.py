@@ -60,9 +60,14 @@ class NMSparsity:
 
     def compute_mask(self, w: torch.Tensor) -> torch.Tensor:
         """The N:M mask of ``w`` (bool, ``w``'s shape and memory layout), groups along
-        ``axis``. Contiguous like the weight, so masked weights have the weight's strides
-        (convolutions sum in an order that depends on them)."""
-        mask = self.ungrouped(nm_mask(self.grouped(w.detach()), self.n, self.m))
+        ``axis``."""
+        return self.mask_like(nm_mask(self.grouped(w.detach()), self.n, self.m), w)
+
+    def mask_like(self, grouped_mask: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """A mask of :meth:`grouped` ``w`` back in ``w``'s shape, and contiguous like
+        ``w``, so masked weights have the weight's strides (convolutions sum in an order
+        that depends on them)."""
+        mask = self.ungrouped(grouped_mask)
         return mask.contiguous() if w.is_contiguous() else mask
 
     def current_mask(self, w: torch.Tensor) -> torch.Tensor:
