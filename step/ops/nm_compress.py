@@ -74,20 +74,27 @@ class NMCompressed:
             raise ValueError("indices must be strictly ascending within each group of n")
 
 
-def check_compressed_args(values: object, indices: object, n: object, m: object) -> None:
+def check_compressed_values(values: object, n: object, m: object) -> tuple[int, int]:
+    """``values`` holds whole groups of ``n`` kept values; returns ``(n, m)`` checked."""
     check_tensor(values, "values")
-    check_tensor(indices, "indices", dtypes=(torch.uint8,))
     n, m = check_nm(n, m)
+    assert isinstance(values, torch.Tensor)
+    if values.dim() == 0 or values.shape[-1] % n:
+        raise ValueError(
+            f"values has shape {tuple(values.shape)}: its last dim must be a multiple of "
+            f"n={n} (n kept values per group of m={m})"
+        )
+    return n, m
+
+
+def check_compressed_args(values: object, indices: object, n: object, m: object) -> None:
+    check_compressed_values(values, n, m)
+    check_tensor(indices, "indices", dtypes=(torch.uint8,))
     assert isinstance(values, torch.Tensor) and isinstance(indices, torch.Tensor)
     if values.shape != indices.shape:
         raise ValueError(
             f"values has shape {tuple(values.shape)} but indices has {tuple(indices.shape)}; "
             "they must match (one position per kept value)"
-        )
-    if values.dim() == 0 or values.shape[-1] % n:
-        raise ValueError(
-            f"values has shape {tuple(values.shape)}: its last dim must be a multiple of "
-            f"n={n} (n kept values per group of m={m})"
         )
     check_same_device(values=values, indices=indices)
 

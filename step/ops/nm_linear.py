@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from ._triton import triton_launcher
-from .checks import check_nm, check_same_device, check_same_dtype, check_tensor
+from .checks import check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
-from .nm_compress import NMCompressed, nm_decompress_ref
+from .nm_compress import NMCompressed, check_compressed_values, nm_decompress_ref
 from .nm_positions import check_packed_positions, unpack_positions
 
 
@@ -41,12 +41,7 @@ def nm_linear_ref(
 
 def check_nm_linear_args(x, values, positions, n, m, bias) -> None:
     check_tensor(values, "values", ndim=2)
-    n, m = check_nm(n, m)
-    if values.shape[1] % n:
-        raise ValueError(
-            f"values has shape {tuple(values.shape)}: its last dim must be a multiple of "
-            f"n={n} (n kept values per group of m={m})"
-        )
+    n, m = check_compressed_values(values, n, m)
     check_packed_positions(positions, values.shape[0], values.shape[1], m)
     check_tensor(x, "x")
     k = values.shape[1] // n * m
