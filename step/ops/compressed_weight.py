@@ -26,7 +26,7 @@ from .nm_compress import NMCompressed, nm_compress, nm_decompress
 from .nm_linear import check_nm_linear_args
 from .nm_positions import unpack_positions
 from .sparse24 import COL_MULTIPLE, ROW_MULTIPLE, from_sparse24, to_sparse24
-from .sparse24_linear import sparse24_linear
+from .sparse24_linear import check_sparse24_linear_args
 
 CUTLASS_2TO4 = "cutlass_2to4"
 NM_POSITIONS = "nm_positions"
@@ -78,12 +78,17 @@ class CompressedWeight:
             return self.values, self.meta
         return self.values, self.nm_compressed().indices
 
+    def _op_args(self, x: torch.Tensor, bias: torch.Tensor | None) -> tuple:
+        if self.layout == CUTLASS_2TO4:
+            return (x, self.values, self.meta, bias)
+        return (x, self.values, self.meta, self.n, self.m, bias)
+
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., K] @ W.T + bias`` -> ``[..., rows]``."""
-        if self.layout == CUTLASS_2TO4:
-            return sparse24_linear(x, self.values, self.meta, bias)
-        check_nm_linear_args(x, self.values, self.meta, self.n, self.m, bias)
-        return torch.ops.step.nm_linear(x, self.values, self.meta, self.n, self.m, bias)
+        args = self._op_args(x, bias)
+        cutlass = self.layout == CUTLASS_2TO4
+        (check_sparse24_linear_args if cutlass else check_nm_linear_args)(*args)
+        return getattr(torch.ops.step, self.op)(*args)
 
     @property
     def op(self) -> str:
@@ -96,10 +101,7 @@ class CompressedWeight:
         reference is forced (``STEP_BACKEND``, :func:`step.use_backend`)."""
         if forced_backend(self.op) is not None:
             return True
-        args = (x, self.values, self.meta, bias)
-        if self.layout == NM_POSITIONS:
-            args = (x, self.values, self.meta, self.n, self.m, bias)
-        return choose(self.op, x.device, *args)[0] != "reference"
+        return choose(self.op, x.device, *self._op_args(x, bias))[0] != "reference"
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.values, self.meta))
