@@ -193,14 +193,12 @@ def render(runs: list[dict], pilots: list[dict], scale: str, img_dir: Path, out:
             sparse = [r for r in task_runs if r["nm"] == nm and r["recipe"] != "dense"]
             lines += [f"### {nm}", "", *task_table(task, nm, sparse, dense), ""]
         pilot = next((p for p in pilots if p["task"] == task), None)
-        threshold = None
-        if pilot is not None:
-            window = pilot["config"]["window"]
-            z = [h[1] for h in pilot["autoswitch"]][-window:]
-            threshold = statistics.fmean(z) if z else None
-            lines += [f"Paper threshold: {threshold:.3g} (mean Z_t over the last {window} "
-                      f"steps of the pilot, seed {pilot['seed']}, plateau switch at step "
-                      f"{pilot['switch_step']}).", ""]  # fmt: skip
+        paper = [r for r in task_runs if r["recipe"] == "step-paper"]
+        threshold = paper[0]["config"]["threshold"] if paper else None  # from the pilot
+        if pilot is not None and threshold is not None:
+            lines += [f"Paper threshold: {threshold:.3g} (mean Z_t over the last "
+                      f"{pilot['config']['window']} steps of the pilot, seed {pilot['seed']}, "
+                      f"plateau switch at step {pilot['switch_step']}).", ""]  # fmt: skip
         image = img_dir / f"accuracy_zt_{task}.png"
         if zt_figure(task, task_runs, threshold, image):
             rel = Path("img") / image.name if img_dir.parent == out.parent else image

@@ -220,27 +220,26 @@ def run_study(tasks: list[str], scale: str, results: Path, work: Path, workers: 
     out_dir = results / scale
     studies = [load_study(CONFIGS / f"{task}.toml", scale) for task in tasks]
 
-    def pending(study, runs, prefix=""):
+    def pending(study, runs, threshold=None, prefix=""):
         for run in runs:
             out = out_dir / f"{prefix}{run.name}.json"
             if not out.is_file():
-                yield (study, run, None, work, keep, out)
+                paper = run.recipe == "step-paper"
+                yield (study, run, threshold if paper else None, work, keep, out)
 
-    pilots = [
-        job for s in studies if "step-paper" in s.recipes
-        for job in pending(s, [Run(s.task, "step", s.nms[0], PILOT_SEED)], "pilot-")
-    ]  # fmt: skip
+    def pilot_run(study):
+        return Run(study.task, "step", study.nms[0], PILOT_SEED)
+
+    calibrated = [s for s in studies if "step-paper" in s.recipes]
+    pilots = [job for s in calibrated for job in pending(s, [pilot_run(s)], prefix="pilot-")]
     _run_all(pilots, workers, "pilots")
     jobs = []
     for study in studies:
         threshold = None
-        if "step-paper" in study.recipes:
-            pilot_run = Run(study.task, "step", study.nms[0], PILOT_SEED)
-            pilot = json.loads((out_dir / f"pilot-{pilot_run.name}.json").read_text())
+        if study in calibrated:
+            pilot = json.loads((out_dir / f"pilot-{pilot_run(study).name}.json").read_text())
             threshold = paper_threshold(pilot)
-        for job in pending(study, plan(study)):
-            jobs.append((job[0], job[1], threshold if job[1].recipe == "step-paper" else None,
-                         *job[3:]))  # fmt: skip
+        jobs += pending(study, plan(study), threshold)
     jobs.sort(key=lambda j: LONGEST_FIRST.index(j[0].task) if j[0].task in LONGEST_FIRST else 0)
     _run_all(jobs, workers, f"study ({scale})")
     return out_dir
