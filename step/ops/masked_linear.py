@@ -126,7 +126,7 @@ def _backward(ctx, grad_y: torch.Tensor, _grad_mask):
     x, w, mask = ctx.saved_tensors
     grad_x = grad_w = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = torch.ops.step.masked_linear_dx(grad_y.contiguous(), w, mask, ctx.m)
+        grad_x = torch.ops.step.masked_linear_dx(grad_y, w, mask, ctx.m)
     dy = grad_y.reshape(-1, w.shape[0])
     if ctx.needs_input_grad[1]:
         grad_w = dy.t() @ x.reshape(-1, w.shape[1])  # STE: dense w gets dL/d(w*mask)
