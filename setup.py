@@ -12,7 +12,7 @@ step_packages = find_packages(include=["step", "step.*"])
 setup(
     packages=[*step_packages, "step.kernels", "step.csrc"],
     package_dir={"step.kernels": "kernels", "step.csrc": "csrc"},
-    package_data={"step.csrc": ["*.cu", "*.cuh", "*.h"]},
+    package_data={"step.csrc": ["*.cu", "*.cuh", "*.h", "*.c"]},
     include_package_data=False,
     zip_safe=False,
 )

@@ -1,4 +1,5 @@
-"""step::adam_update: the fused Triton step against ``adam_update_ref``.
+"""step::adam_update: the fused kernels (Triton, and the C ``cpu`` backend) against
+``adam_update_ref``.
 
 Each test runs several consecutive steps on the kernel's tensors (so the cached tables
 are reused and grads are fresh every step); before every step the reference gets clones
@@ -33,6 +34,12 @@ from step.ops import adam_update, adam_update_ref, nm_mask_ref
 DTYPE_IDS = [str(d).removeprefix("torch.") for d in DTYPES]
 MASK_RATIOS = [(2, 4), (1, 4), (2, 8), (16, 32), (3, 5)]
 HYPER = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8)
+
+
+@pytest.fixture(params=["triton", "cpu"])
+def backend(request):
+    """The fused implementations under test: Triton (interpreter on CPU) and C."""
+    return request.param
 
 
 def kernel_module():
@@ -71,8 +78,8 @@ def assert_param_close(got, ref, name):
             assert ulps.float().mean().item() <= 0.01, f"{name}: too many 1-ulp misses"
 
 
-def run_and_compare(shapes, dtype, device, steps, *, v_step=None, **kwargs):
-    """``steps`` steps of the Triton op, each checked against the reference."""
+def run_and_compare(shapes, dtype, device, steps, *, backend="triton", v_step=None, **kwargs):
+    """``steps`` steps of ``backend``'s op, each checked against the reference."""
     params, exp_avgs, exp_avg_sqs = make_state(shapes, dtype, device)
     for t in range(1, steps + 1):
         grads = [torch.randn(s).to(dtype=dtype, device=device) for s in shapes]
@@ -85,7 +92,7 @@ def run_and_compare(shapes, dtype, device, steps, *, v_step=None, **kwargs):
             kwargs["srste_decay"], kwargs["n"], kwargs["m"], kwargs["want_z"],
             kwargs.get("masks"),
         )  # fmt: skip
-        with step.use_backend("adam_update=triton"):
+        with step.use_backend(f"adam_update={backend}"):
             out = adam_update(params, grads, exp_avgs, exp_avg_sqs, **HYPER, step=t,
                               v_step=vs, **kwargs)  # fmt: skip
         assert out.dtype == torch.float32 and out.shape == (2,)
@@ -106,15 +113,17 @@ PLAIN_SHAPES = [(1,), (5000,), (3, 1001), (2, 3, 7), (0, 4), (64, 64)]
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
-def test_precondition_phase(dtype, weight_decay):
-    z = run_and_compare(PLAIN_SHAPES, dtype, "cpu", steps=3, weight_decay=weight_decay,
+def test_precondition_phase(backend, dtype, weight_decay):
+    z = run_and_compare(PLAIN_SHAPES, dtype, "cpu", steps=3, backend=backend,
+                        weight_decay=weight_decay,
                         update_v=True, srste_decay=0.0, n=0, m=0, want_z=True)  # fmt: skip
     assert z[0] > 0 and z[1] > 0
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_precondition_without_z_returns_zeros(dtype):
-    z = run_and_compare([(3, 1001), (1,)], dtype, "cpu", steps=2, weight_decay=0.0,
+def test_precondition_without_z_returns_zeros(backend, dtype):
+    z = run_and_compare([(3, 1001), (1,)], dtype, "cpu", steps=2, backend=backend,
+                        weight_decay=0.0,
                         update_v=True, srste_decay=0.0, n=0, m=0, want_z=False)  # fmt: skip
     assert torch.equal(z, torch.zeros(2))
 
@@ -127,21 +136,21 @@ def mask_shapes(m):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("n,m", MASK_RATIOS)
 @pytest.mark.parametrize("srste_decay,weight_decay", [(2e-4, 0.1), (0.5, 0.0), (0.5, 0.1)])
-def test_mask_learning_phase(dtype, n, m, srste_decay, weight_decay):
+def test_mask_learning_phase(backend, dtype, n, m, srste_decay, weight_decay):
     # v frozen at the switch step 2; want_z asked for but v does not move: zeros
-    z = run_and_compare(mask_shapes(m), dtype, "cpu", steps=3, v_step=1,
+    z = run_and_compare(mask_shapes(m), dtype, "cpu", steps=3, backend=backend, v_step=1,
                         weight_decay=weight_decay, update_v=False, srste_decay=srste_decay,
                         n=n, m=m, want_z=True)  # fmt: skip
     assert torch.equal(z, torch.zeros(2))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_given_masks_replace_the_computed_ones(dtype):
+def test_given_masks_replace_the_computed_ones(backend, dtype):
     """Masks of any pattern (here random, and non-contiguous) drive the SR-STE term."""
     shapes = [(3, 10), (7,), (4, 5, 6)]
     masks = [torch.rand(s) < 0.4 for s in shapes]
     masks[0] = (torch.rand(10, 3) < 0.5).t()  # non-contiguous
-    run_and_compare(shapes, dtype, "cpu", steps=2, v_step=1, weight_decay=0.1,
+    run_and_compare(shapes, dtype, "cpu", steps=2, backend=backend, v_step=1, weight_decay=0.1,
                     update_v=False, srste_decay=0.5, n=0, m=0, want_z=False,
                     masks=masks)  # fmt: skip
 
@@ -164,7 +173,7 @@ def test_reference_given_nm_masks_equals_computed_masks():
 @pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("n,m", MASK_RATIOS)
-def test_mask_is_nm_mask_of_params_before_the_step(dtype, n, m):
+def test_mask_is_nm_mask_of_params_before_the_step(backend, dtype, n, m):
     """lr = 0, zero grads and momentum: exp_avg becomes (1-b1) * decay * p exactly where
     the kernel's mask prunes, and 0 where it keeps, so the mask can be read back.
     Heavy ties, inf and NaN (NaN ranks like inf) test the tie rule; no zeros, so every
@@ -176,7 +185,7 @@ def test_mask_is_nm_mask_of_params_before_the_step(dtype, n, m):
     exp_avgs = [torch.zeros(s) for s in shapes]
     exp_avg_sqs = [torch.ones(s) for s in shapes]
     grads = [torch.zeros(s, dtype=dtype) for s in shapes]
-    with step.use_backend("adam_update=triton"):
+    with step.use_backend(f"adam_update={backend}"):
         adam_update(params, grads, exp_avgs, exp_avg_sqs, lr=0.0, beta1=0.9, beta2=0.999,
                     eps=1e-8, weight_decay=0.0, step=5, v_step=2, update_v=False,
                     srste_decay=0.5, n=n, m=m)  # fmt: skip
@@ -220,7 +229,7 @@ def test_one_launch_per_dtype_and_cached_tables(monkeypatch):
     assert len(launches) == 2  # float32 and bfloat16
 
 
-def test_non_contiguous_tensors_are_updated_through_copies():
+def test_non_contiguous_tensors_are_updated_through_copies(backend):
     base = [torch.randn(8, 6), torch.zeros(8, 6), torch.rand(8, 6)]
     untouched = [b[:, [0, 5]].clone() for b in base]
     views = [b[:, 1:5] for b in base]  # [8, 4], not contiguous
@@ -229,7 +238,7 @@ def test_non_contiguous_tensors_are_updated_through_copies():
     kw = dict(weight_decay=0.1, update_v=True, srste_decay=0.5, n=2, m=4, want_z=True)
     adam_update_ref([ref[0]], grads, [ref[1]], [ref[2]], *HYPER.values(), 0.1, 1, 1, True,
                     0.5, 2, 4, True)  # fmt: skip
-    with step.use_backend("adam_update=triton"):
+    with step.use_backend(f"adam_update={backend}"):
         adam_update([views[0]], grads, [views[1]], [views[2]], **HYPER, step=1, **kw)
     for got, want in zip(views, ref, strict=True):
         assert_fp32_close(got, want, "view")

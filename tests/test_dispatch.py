@@ -15,8 +15,9 @@ def test_every_op_has_reference_and_triton():
 
 def test_backends_report_reasons():
     report = step.backends("cpu")
-    assert list(report) == ["cuda", "triton", "reference"]
+    assert list(report) == ["cuda", "triton", "cpu", "reference"]
     assert report["reference"].available
+    assert report["cpu"].available and "C kernels built with" in report["cpu"].reason
     assert not report["cuda"].available and "CUDA device" in report["cuda"].reason
     assert report["triton"].available  # the suite runs Triton in its interpreter
     assert "TRITON_INTERPRET" in report["triton"].reason

@@ -105,6 +105,25 @@ def test_mask_learning_follows_the_spec():
             assert torch.equal(opt.state[layer.weight]["exp_avg_sq"], v)  # v* never written
 
 
+def test_forward_after_a_step_uses_the_new_weights_mask_even_without_a_version_bump():
+    """FSDP2 all-gathers every forward's weight into the same buffer without bumping its
+    version counter, so the layer's mask cache cannot see the change: the optimizer step
+    must drop it."""
+    model = make_model()
+    opt = STEP(model.parameters(), lr=LR, autoswitch=1)
+    train(model, opt, batches(2))
+    assert opt.phase == "mask_learning"
+    layer, x = model[0], torch.randn(4, 16)
+    layer(x).sum().backward()  # caches the mask of the current weight
+    refilled = torch.randn_like(layer.weight)
+    # FSDP2: the step updates the shard, and the all-gather refills the forward's weight
+    with torch.no_grad(), torch.autograd._unsafe_preserve_version_counter(layer.weight):
+        opt.step()
+        layer.weight.copy_(refilled)
+    expected = x @ torch.where(brute_force_mask(refilled, 2, 4), refilled, 0).t() + layer.bias
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_dense_parameters_stay_adamw_after_the_switch():
     model, ref = make_model(), make_model()
     opt = STEP(model.parameters(), lr=LR, autoswitch=3)

@@ -39,6 +39,7 @@ def test_wheel_contents(wheel):
     assert "step/kernels/__init__.py" in names
     assert "step/kernels/sparse24_pack.py" in names
     assert any(n.startswith("step/csrc/") and n.endswith(".cu") for n in names)
+    assert "step/csrc/adam_update_cpu.c" in names  # the cpu backend compiles it at first use
     top_level = {n.split("/")[0] for n in names}
     assert "kernels" not in top_level and "csrc" not in top_level and "tests" not in top_level
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))

@@ -104,6 +104,12 @@ class NMSparsity:
             # by a new weight while this entry exists.
             self._cache = (key, mask, w.detach())
 
+    def forget_mask(self) -> None:
+        """Drop the cached mask. The optimizer calls this after updating the weight: the
+        version counter alone misses a weight that is re-filled without one (FSDP2
+        all-gathers each forward's unsharded weight into the same buffer)."""
+        self._cache = None
+
     def check_groups(self, shape: torch.Size | tuple[int, ...], name: str) -> None:
         """``shape``'s grouping axis splits into groups of ``m``."""
         if not shape or shape[self.axis] % self.m:

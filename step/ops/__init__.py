@@ -5,6 +5,7 @@ fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
 from . import (
+    adam_update_cpu,  # noqa: F401  (registers the C backend of adam_update on CPU)
     sparse24_cuda,  # noqa: F401  (registers the CUDA backend)
     sparse24_gemm_cuda,  # noqa: F401  (CUDA mma.sp sparse24_linear, forced only)
 )

@@ -13,9 +13,12 @@ implementation. Three backends exist:
 ``cuda``
     CUDA C++ from ``csrc/`` compiled at first use through CuPy. Needs a GPU of compute
     capability >= 8.0 and CuPy.
+``cpu``
+    C from ``csrc/`` compiled at first use with the system C compiler (ctypes). CPU
+    tensors; needs a C compiler (``$CC``, ``cc``, ``gcc`` or ``clang``).
 
 Automatic choice takes, for the tensors' device, the first of ``cuda``, ``triton``,
-``reference`` that implements the op, is available, and (for automatic choice only) suits
+``cpu``, ``reference`` that implements the op, is available, and (for automatic choice only) suits
 the call (e.g. a decode-style kernel only for few tokens). ``STEP_BACKEND`` forces a
 backend, globally (``STEP_BACKEND=triton``) or per op
 (``STEP_BACKEND=nm_mask=triton,sparse24_linear=reference``); so does
@@ -36,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-BACKENDS: tuple[str, ...] = ("cuda", "triton", "reference")
+BACKENDS: tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
 """All backends, in the order automatic choice prefers them."""
 
 MIN_CAPABILITY = (8, 0)
@@ -173,6 +176,12 @@ def backend_status(backend: str, device: torch.device | str | None = None) -> Ba
                 backend, False, "CuPy is not installed (pip install 'step-sparsity[cuda]')"
             )
         return BackendStatus(backend, True, f"CUDA via CuPy on {torch.cuda.get_device_name(dev)}")
+    if backend == "cpu":
+        if dev.type != "cpu":
+            return BackendStatus(backend, False, f"needs CPU tensors, not {dev.type}")
+        from ..cpu import library_status  # builds the C kernels once per process
+
+        return BackendStatus(backend, *library_status("adam_update_cpu"))
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 

@@ -123,6 +123,9 @@ class NMAdamW(torch.optim.Optimizer):
                 result = self._update_sparse(group, sparse, recipe["t"])
                 if result is not None:
                     stats.append(result)
+        for _, _, sparse in work:
+            for p in sparse:
+                sparsity_of(p).forget_mask()
         self._after_step(recipe["t"], stats)
         return loss
 
