@@ -54,10 +54,10 @@ def test_forced_backend_that_cannot_run_raises(monkeypatch):
     with step.use_backend("cuda"), pytest.raises(step.BackendError, match="cuda"):
         step.nm_mask(w, 2, 4)
     with (
-        step.use_backend("masked_linear=cuda"),
+        step.use_backend("nm_compress=cuda"),
         pytest.raises(step.BackendError, match="no cuda"),
     ):
-        step.masked_linear(torch.randn(2, 8), w, 2, 4)
+        step.nm_compress(w, 2, 4)
     monkeypatch.setenv("STEP_BACKEND", "gpu")
     with pytest.raises(step.BackendError, match="unknown backend 'gpu'"):
         step.nm_mask(w, 2, 4)

@@ -6,6 +6,7 @@ fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 
 from . import (
     adam_update_cpu,  # noqa: F401  (registers the C backend of adam_update on CPU)
+    masked_linear_cuda,  # noqa: F401  (2:4 mask-learning forward on mma.sp, forced only)
     sparse24_cuda,  # noqa: F401  (registers the CUDA backend)
     sparse24_gemm_cuda,  # noqa: F401  (CUDA mma.sp sparse24_linear, forced only)
 )
