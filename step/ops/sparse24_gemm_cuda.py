@@ -234,7 +234,9 @@ def sparse24_linear_cuda(
 ) -> torch.Tensor:
     """``x [..., K] @ W.T + bias`` -> ``[..., N]`` of x's dtype on sparse tensor cores.
 
-    ``values`` [N, K/2] fp16/bf16 and ``meta`` [N, K/16] int16 from :func:`step.to_sparse24`,
+    ``values`` [N, K/2] fp16/bf16 and ``meta`` [N, K/16] int16 from :func:`step.to_sparse24`
+    (codes are not re-checked: ``mma.sp::ordered_metadata`` accepts only increasing index
+    pairs, which every step compressor and ``step.load_sparse``'s checks guarantee),
     ``bias`` [N] or None; all on one CUDA device (sm_80+); N % 64 == 0, K % 64 == 0.
     ``out``: optional contiguous [M, N] result buffer (M = tokens), every element written.
     """
