@@ -23,9 +23,17 @@ def test_tiny_run_writes_the_run_directory_and_exports(tmp_path, capsys):
     assert main(["train", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "step: validation perplexity" in printed and "N:M verified on all 16" in printed
-    for name in ("config.json", "metrics.jsonl", "autoswitch.json", "summary.json",
-                 "loss.png", "autoswitch.png", "checkpoint/state.safetensors",
-                 "export/dense/model.safetensors", "export/compressed/sparse_model.safetensors"):
+    for name in (
+        "config.json",
+        "metrics.jsonl",
+        "autoswitch.json",
+        "summary.json",
+        "loss.png",
+        "autoswitch.png",
+        "checkpoint/state.safetensors",
+        "export/dense/model.safetensors",
+        "export/compressed/sparse_model.safetensors",
+    ):
         assert (out / name).is_file(), name  # fmt: skip
     summary = json.loads((out / "summary.json").read_text())
     assert summary["switch_step"] is not None and 2 <= summary["switch_step"] <= 8
