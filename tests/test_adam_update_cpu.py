@@ -141,3 +141,11 @@ def test_failing_compiler_is_reported_with_its_output(fresh_loader, monkeypatch,
     assert not list((fresh_loader / "cpu").glob("*.so"))  # nothing half-written left
     status = backend_status("cpu", "cpu")
     assert not status.available and "failed to compile" in status.reason
+
+
+def test_unwritable_cache_is_reported(fresh_loader, monkeypatch, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("STEP_CACHE_DIR", str(blocker))
+    status = backend_status("cpu", "cpu")
+    assert not status.available and "STEP_CACHE_DIR" in status.reason

@@ -73,9 +73,15 @@ def library_path(name: str, cc: str) -> Path:
 
 
 def _build(source: Path, target: Path, cc: str) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Build beside the target and rename: concurrent processes never load a partial file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the target and rename: concurrent processes never load a partial file.
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    except OSError as err:
+        raise CompileError(
+            f"cannot write the compiled CPU kernels to {target.parent} ({err}); set "
+            "STEP_CACHE_DIR to a writable folder"
+        ) from err
     os.close(fd)
     try:
         done = subprocess.run([cc, *FLAGS, str(source), "-o", tmp, "-lm"], capture_output=True,
