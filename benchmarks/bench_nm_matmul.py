@@ -10,6 +10,10 @@ this times, in one run, taking turns rep by rep (round-robin):
   ``F.linear``; the unfused baseline of the mask-learning phase
 * ``masked-fused``    the same op forced to ``triton`` (``kernels/masked_linear.py``): the
   mask is ranked in registers while the weight tile loads, no masked copy of w is written
+* ``masked-mma``      (2:4 only) the same op forced to ``cuda``
+  (``step/ops/masked_linear_cuda.py``): w packed with ``to_sparse24`` on every call, then
+  the ``mma.sp`` GEMM of ``csrc/sparse24_gemm.cu``; skipped with the reason where CuPy or
+  the GPU cannot run it
 * ``nm-compressed``   ``torch.ops.step.nm_linear(x, c.values, c.positions, n, m, None)``
   forced to ``triton`` (``kernels/nm_linear.py``), ``c = step.nm_compress(w, n, m)``:
   values plus bit-packed positions, read straight from memory
@@ -60,10 +64,11 @@ RATIOS = "2:4,1:4,1:8"
 QUICK = {"shapes": ((4096, 4096),), "tokens": (1, 16, 4096), "ratios": "2:4,1:4"}
 """``--quick``: the subset used where an option is not given explicitly."""
 DTYPES = ("float16", "bfloat16")
-IMPLS = ("dense", "masked-unfused", "masked-fused", "nm-compressed")
+IMPLS = ("dense", "masked-unfused", "masked-fused", "masked-mma", "nm-compressed")
 DISPATCH = {
     "masked-unfused": ("masked_linear", "reference"),
     "masked-fused": ("masked_linear", "triton"),
+    "masked-mma": ("masked_linear", "cuda"),  # 2:4 only: pack + mma.sp GEMM
     "nm-compressed": ("nm_linear", "triton"),
 }
 """Implementation -> (``step::`` op, forced backend)."""
@@ -256,12 +261,16 @@ def implementations(
         with step.use_backend("nm_linear=triton"):
             return torch.ops.step.nm_linear(x, c.values, positions, n, m, None), None
 
-    return {
+    calls = {
         "dense": dense,
         "masked-unfused": masked("reference"),
         "masked-fused": masked("triton"),
+        "masked-mma": masked("cuda"),
         "nm-compressed": compressed,
     }
+    if (n, m) != (2, 4):  # sparse tensor cores know 2:4 only
+        del calls["masked-mma"]
+    return calls
 
 
 def check(
@@ -361,6 +370,8 @@ def measure_case(
             rec["speedup_vs_dense"] = dense["median_ms"] / rec["median_ms"]
         if unfused is not None and rec["impl"] == "masked-fused":
             rec["speedup_vs_unfused"] = unfused["median_ms"] / rec["median_ms"]
+        if "masked-fused" in measured and rec["impl"] == "masked-mma":
+            rec["speedup_vs_fused"] = measured["masked-fused"]["median_ms"] / rec["median_ms"]
     return records + list(measured.values())
 
 
@@ -496,6 +507,26 @@ def markdown(head: dict[str, Any], records: list[dict[str, Any]]) -> str:
             f"| {_cell(fused, 'gbps', '.4g')} | {_cell(fused, 'speedup_vs_dense', '.3g')} "
             f"| {_cell(fused, 'speedup_vs_unfused', '.3g')} |"
         )
+    mma_rows = [(key, by_impl) for key, by_impl in grouped.items()
+                if by_impl.get("masked-mma", {}).get("median_ms") is not None]  # fmt: skip
+    if mma_rows:
+        lines += [
+            "",
+            "## 2:4 masked matmul on sparse tensor cores (`cuda` backend, forced): pack w + mma.sp",
+            "",
+            "| N x K | T | dense ms | fused ms | mma ms | mma TFLOP/s | mma vs dense "
+            "| mma vs fused |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for (n_out, k, _nm, t, _dtype), by_impl in mma_rows:
+            mma = by_impl["masked-mma"]
+            lines.append(
+                f"| {n_out}x{k} | {t} | {_cell(by_impl.get('dense'), 'median_ms', '.4g')} "
+                f"| {_cell(by_impl.get('masked-fused'), 'median_ms', '.4g')} "
+                f"| {_cell(mma, 'median_ms', '.4g')} | {_cell(mma, 'tflops', '.4g')} "
+                f"| {_cell(mma, 'speedup_vs_dense', '.3g')} "
+                f"| {_cell(mma, 'speedup_vs_fused', '.3g')} |"
+            )
     lines += [
         "",
         "## Compressed N:M matmul (inference): nm_linear Triton vs dense",

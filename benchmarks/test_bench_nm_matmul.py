@@ -141,6 +141,19 @@ def fake_records() -> list[dict]:
     ]  # fmt: skip
 
 
+def test_mma_table_only_with_measured_mma_rows() -> None:
+    assert "sparse tensor cores" not in bench.markdown(HEAD, fake_records())
+    d = {"n_out": 4096, "k": 4096, "nm": "2:4", "tokens": 4096, "dtype": "float16"}
+    rows = [
+        {**d, "impl": "dense", "median_ms": 0.2, "speedup_vs_dense": 1.0},
+        {**d, "impl": "masked-fused", "median_ms": 0.22, "speedup_vs_dense": 0.91},
+        {**d, "impl": "masked-mma", "median_ms": 0.16, "tflops": 859.0,
+         "speedup_vs_dense": 1.25, "speedup_vs_fused": 1.375},
+    ]  # fmt: skip
+    lines = bench.markdown(HEAD, rows).splitlines()
+    assert "| 4096x4096 | 4096 | 0.2 | 0.22 | 0.16 | 859 | 1.25 | 1.38 |" in lines
+
+
 def test_markdown_tables_from_fake_rows() -> None:
     lines = bench.markdown(HEAD, fake_records()).splitlines()
     assert lines[0] == "# nm_matmul benchmark: GPU X"
@@ -248,7 +261,11 @@ def test_one_case_checked_and_timed_on_cpu_with_the_interpreter() -> None:
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert [r for r in records if "skipped" in r] == []  # every kernel passed the checks
+    # every kernel passed the checks; the mma.sp path (2:4 only) needs a GPU
+    skipped = [r for r in records if "skipped" in r]
+    assert [(r["impl"], r["nm"]) for r in skipped] == [("masked-mma", "2:4")] * 2
+    assert all("CUDA" in r["skipped"] for r in skipped)
+    records = [r for r in records if "skipped" not in r]
     assert len(records) == 2 * 2 * 4
     for r in records:
         n, m = (int(v) for v in r["nm"].split(":"))
