@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from step.ops.adam_update import dtype_groups, fused_flags, fused_scalars
 from step.ops.float_bits import magnitude_constants
 
 from .nm_select import group_block, keep_top_n, magnitude_key
@@ -171,24 +172,15 @@ def adam_update_triton(
     ``masks`` (bool, the params' shapes) give the kept entries. One
     launch per param dtype; non-contiguous params/states are updated through copies.
     """
-    given = bool(srste_decay) and masks is not None
-    masked = given or (bool(srste_decay) and n > 0)
-    want_z = want_z and update_v
-    bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
-    scalars = dict(
-        lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
-        step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=float(srste_decay),
-    )  # fmt: skip
+    masked, given, want_z = fused_flags(update_v, srste_decay, n, want_z, masks)
+    scalars = fused_scalars(lr, beta1, beta2, eps, weight_decay, step, v_step, srste_decay)
     if masked and not given:
         mp = triton.next_power_of_2(m)
         layout = dict(N=n, M=m, MP=mp, BG=group_block(mp))
     else:
         layout = dict(N=0, M=_PLAIN_M, MP=_PLAIN_M, BG=_PLAIN_BG)
 
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, p in enumerate(params):
-        if p.numel():
-            by_dtype.setdefault(p.dtype, []).append(i)
+    by_dtype = dtype_groups(params)
     copies = []  # (original, contiguous working copy) to write back afterwards
     launches = []
     for dtype, idx in by_dtype.items():

@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..cpu import load_library
+from .adam_update import dtype_groups, fused_flags, fused_scalars
 from .dispatch import register
 
 _KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
@@ -102,10 +103,8 @@ def adam_update_cpu(
 ) -> torch.Tensor:
     """Same arguments and result as ``adam_update_ref``; CPU tensors of any layout
     (non-contiguous params and states are updated through contiguous copies)."""
-    given = bool(srste_decay) and masks is not None
-    masked = given or (bool(srste_decay) and n > 0)
-    want_z = bool(want_z and update_v)
-    bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
+    masked, given, want_z = fused_flags(update_v, srste_decay, n, want_z, masks)
+    scalars = fused_scalars(lr, beta1, beta2, eps, weight_decay, step, v_step, srste_decay)
     group = m if masked and not given else 1
     copies = []  # (original, contiguous working copy) to write back afterwards
 
@@ -115,18 +114,10 @@ def adam_update_cpu(
         copies.append((t, t.contiguous()))
         return copies[-1][1]
 
-    by_dtype: dict[torch.dtype, list[int]] = {}
-    for i, p in enumerate(params):
-        if p.numel():
-            by_dtype.setdefault(p.dtype, []).append(i)
     sums = torch.zeros(2, dtype=torch.float64)
-    for dtype, idx in by_dtype.items():
-        args = _Args(
-            lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
-            step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=srste_decay, n=n, m=group,
-            kind=_KIND[dtype], masked=masked, given=given, update_v=bool(update_v),
-            want_z=want_z,
-        )  # fmt: skip
+    for dtype, idx in dtype_groups(params).items():
+        args = _Args(**scalars, n=n, m=group, kind=_KIND[dtype], masked=masked, given=given,
+                     update_v=bool(update_v), want_z=want_z)  # fmt: skip
         ps = [work(params[i]) for i in idx]
         gs = [grads[i].contiguous() for i in idx]
         ks = [masks[i].contiguous() for i in idx] if given else []  # read only if given
