@@ -2,8 +2,9 @@
 on sparse tensor cores.
 
 ``y = x @ (w * mask).T + bias`` with the 2:4 ``mask`` of ``w``: the masked weight is
-packed with :func:`step.to_sparse24` (one pass over w, writing half its bytes plus the
-metadata) and multiplied by the ``mma.sp`` GEMM of ``csrc/sparse24_gemm.cu``
+packed with :func:`step.to_sparse24` (a pass over w writing half its bytes plus the
+metadata; without a cached mask, ``step.nm_mask`` makes a second pass for the mask the
+backward pass needs) and multiplied by the ``mma.sp`` GEMM of ``csrc/sparse24_gemm.cu``
 (:mod:`step.ops.sparse24_gemm_cuda`). The backward pass is the op's own (``dx`` through
 ``step::masked_linear_dx``, ``dw`` straight through the mask), unchanged.
 
@@ -24,7 +25,7 @@ from .sparse24 import to_sparse24
 from .sparse24_gemm_cuda import K_MULTIPLE, N_MULTIPLE, sparse24_linear_cuda
 
 
-def check_masked_linear_cuda_args(x: torch.Tensor, w: torch.Tensor, n: int, m: int) -> None:
+def check_masked_linear_cuda_args(w: torch.Tensor, n: int, m: int) -> None:
     """What the tensor-core path adds to ``check_masked_linear_args``: 2:4, fp16/bf16,
     a weight [N, K] with N % 64 == 0 and K % 64 == 0."""
     if (n, m) != (2, 4):
@@ -57,7 +58,7 @@ def masked_linear_cuda(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Same contract as ``masked_linear_ref``: x [..., K], w [N, K] fp16/bf16, bias [N] or
     None, mask [N, K] bool or None (then the 2:4 mask of w) -> (y [..., N], mask)."""
-    check_masked_linear_cuda_args(x, w, n, m)
+    check_masked_linear_cuda_args(w, n, m)
     if mask is None:
         mask = torch.ops.step.nm_mask(w, n, m)
         packed = w  # to_sparse24 keeps the same pair: the nm_mask rule
