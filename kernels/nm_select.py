@@ -29,14 +29,14 @@ def keep_top_n(key, N: tl.constexpr, MP: tl.constexpr):
 
     Element i is kept when fewer than N elements j beat it, where j beats i if
     key_j > key_i, or key_j == key_i and j < i. This is a total order, so exactly N
-    elements of each group are kept, whatever the ties.
+    elements of each group are kept, whatever the ties. The comparisons run one j at a
+    time: a ``[G, MP, MP]`` tensor of them would not fit in registers inside a matmul.
     """
-    idx = tl.arange(0, MP)
-    k_i = key[:, :, None]
-    k_j = key[:, None, :]
-    lower = idx[None, None, :] < idx[None, :, None]
-    beats = (k_j > k_i) | ((k_j == k_i) & lower)
-    rank = tl.sum(beats.to(tl.int32), axis=2)
+    lane = tl.arange(0, MP)[None, :]
+    rank = tl.zeros(key.shape, dtype=tl.int32)
+    for j in tl.static_range(MP):
+        k_j = tl.sum(tl.where(lane == j, key, 0), axis=1)[:, None]  # [G, 1]: key j of each row
+        rank += ((k_j > key) | ((k_j == key) & (lane > j))).to(tl.int32)
     return rank < N
 
 
@@ -44,6 +44,5 @@ def keep_top_n(key, N: tl.constexpr, MP: tl.constexpr):
 def kept_slot(kept, MP: tl.constexpr):
     """``kept`` [G, MP] bool -> int32 [G, MP]: how many kept elements precede each one
     (its position in the compressed group, so indices come out ascending)."""
-    idx = tl.arange(0, MP)
-    lower = idx[None, None, :] < idx[None, :, None]
-    return tl.sum((kept[:, None, :] & lower).to(tl.int32), axis=2)
+    count = kept.to(tl.int32)
+    return tl.cumsum(count, axis=1) - count

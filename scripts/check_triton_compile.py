@@ -1,0 +1,312 @@
+#!/usr/bin/env python
+"""Compile every Triton kernel of ``step.kernels`` for sm_80 and sm_90a, with no GPU.
+
+The test suite runs the kernels under Triton's CPU interpreter, which checks what they
+compute but not whether Triton's GPU compiler accepts them: shapes ``tl.dot`` refuses,
+layouts the compiler cannot lower or a shared-memory request above the hardware's limit
+would only show on a GPU. Here every launcher runs on small CPU tensors with Triton's
+launch replaced by an ahead-of-time compile for the chosen GPU target (nothing executes),
+covering the dtypes, N:M ratios and tile branches the launchers can take. For each
+compiled kernel it reports warps, pipeline stages, shared memory, registers, local
+memory (spills) and the tensor-core instruction in the SASS. It fails on a compile error
+or on shared memory above the architecture's per-block limit.
+
+    python scripts/check_triton_compile.py [--arch 80 90] [--only TEXT] [--json P] [--markdown P]
+
+Needs the package installed (``step.kernels``) and Triton's NVIDIA backend (bundled with
+the Triton wheel: ptxas and cuobjdump come with it). Triton's own disk cache makes
+repeated runs fast.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["TRITON_INTERPRET"] = "0"  # before step.kernels is imported: real JIT kernels
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from concurrent.futures import ProcessPoolExecutor  # noqa: E402
+from dataclasses import asdict, dataclass  # noqa: E402
+from multiprocessing import get_context  # noqa: E402
+
+# dynamic shared memory one block may use (CUDA programming guide, compute capabilities)
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+ALL_NM = ((1, 2), (2, 4), (1, 4), (2, 8), (1, 8), (4, 8), (16, 32))
+SOME_NM = ((2, 4), (1, 8))
+
+
+@dataclass
+class Compiled:
+    """One kernel compiled for one case (``error`` set when the compile failed)."""
+
+    arch: int
+    case: str
+    kernel: str = ""
+    warps: int = 0
+    stages: int = 0
+    shared: int = 0
+    registers: int | None = None
+    local: int | None = None  # local memory per thread, bytes: spills and stack
+    tensor_cores: str = ""
+    seconds: float = 0.0
+    error: str | None = None
+
+    def problems(self) -> list[str]:
+        if self.error:
+            return [f"compile error: {self.error}"]
+        limit = SHARED_LIMIT.get(self.arch)
+        if limit is not None and self.shared > limit:
+            return [f"shared memory {self.shared} B > the sm_{self.arch} limit of {limit} B"]
+        return []
+
+
+@dataclass
+class Case:
+    label: str
+    call: Callable[[], object]
+
+
+# ------------------------------------------------------------------ the launchers' cases
+
+
+def cases() -> list[Case]:
+    """Every launcher over the dtypes, N:M ratios and tile branches it can take.
+
+    Token counts: 1 (Triton specialises an integer equal to 1), 4 (the decode tiles,
+    <= 16 tokens) and 64 (the tiled path). The tensors' contents are never read.
+    """
+    import torch
+
+    from step import kernels as k
+    from step.ops.nm_compress import nm_compress_ref
+    from step.ops.nm_positions import pack_positions
+    from step.ops.sparse24 import to_sparse24_ref
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    out: list[Case] = []
+
+    def add(label: str, fn: Callable, *args) -> None:
+        out.append(Case(label, lambda: fn(*args)))
+
+    def w(rows: int, cols: int, dt: torch.dtype) -> torch.Tensor:
+        return torch.randn(rows, cols).to(dt)
+
+    for name, dt in dtypes.items():
+        for n, m in ALL_NM if name == "fp16" else SOME_NM:
+            add(f"nm_mask {name} {n}:{m}", k.nm_mask_triton, w(64, 256, dt), n, m)
+            add(f"nm_compress {name} {n}:{m}", k.nm_compress_triton, w(64, 256, dt), n, m)
+            vals, idx = nm_compress_ref(w(64, 256, dt), n, m)
+            add(f"nm_decompress {name} {n}:{m}", k.nm_decompress_triton, vals, idx, n, m)
+
+    for name, dt in dtypes.items():
+        for n, m in ALL_NM if name == "fp16" else SOME_NM:
+            for tokens in (1, 4, 64):
+                weight = w(128, 256, dt)
+                x = w(tokens, 256, dt)
+                bias = w(1, 128, dt)[0]
+                add(f"masked_linear {name} {n}:{m} tokens={tokens}",
+                    k.masked_linear_triton, x, weight, n, m, bias)  # fmt: skip
+                mask = torch.ones(128, 256, dtype=torch.bool)
+                add(f"masked_linear given-mask {name} {n}:{m} tokens={tokens}",
+                    k.masked_linear_triton, x, weight, n, m, None, mask)  # fmt: skip
+                add(f"masked_linear_dx {name} {n}:{m} tokens={tokens}",
+                    k.masked_linear_dx_triton, w(tokens, 128, dt), weight, mask, m)  # fmt: skip
+                vals, idx = nm_compress_ref(weight, n, m)
+                add(f"nm_linear {name} {n}:{m} tokens={tokens}",
+                    k.nm_linear_triton, x, vals, pack_positions(idx, m), n, m, bias)  # fmt: skip
+
+    for name in ("fp16", "bf16"):
+        dt = dtypes[name]
+        add(f"to_sparse24 {name}", k.to_sparse24_triton, w(64, 256, dt))
+        add(f"from_sparse24 {name}", k.from_sparse24_triton, *to_sparse24_ref(w(64, 256, dt)))
+        for k_in in (192, 256):  # decode BK = 64 or 128
+            vals, meta = to_sparse24_ref(w(128, k_in, dt))
+            for tokens in (1, 4, 64):
+                add(f"sparse24_linear {name} K={k_in} tokens={tokens}",
+                    k.sparse24_linear_triton, w(tokens, k_in, dt), vals, meta, w(1, 128, dt)[0])  # fmt: skip
+
+    phases = {  # (update_v, srste_decay, n, want_z, given masks)
+        "dense AdamW": (True, 0.0, 0, False, False),
+        "precondition": (True, 0.0, 0, True, False),
+        "mask-learning 2:4": (False, 2e-4, 2, False, False),
+        "mask-learning 1:8": (False, 2e-4, 1, False, False),
+        "mask-learning given masks": (False, 2e-4, 2, False, True),
+    }
+    for name, dt in dtypes.items():
+        for phase, (update_v, decay, n, want_z, given) in phases.items():
+            m = 8 if n == 1 else 4
+            params = [w(64, 256, dt), w(32, 64, dt)]
+            grads = [torch.randn_like(p) for p in params]
+            states = [[torch.zeros(p.shape) for p in params] for _ in range(2)]
+            masks = [torch.ones(p.shape, dtype=torch.bool) for p in params] if given else None
+            add(f"adam_update {name} {phase}", k.adam_update_triton, params, grads, *states,
+                1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 3, update_v, decay, n, m, want_z, masks)  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------- compiling instead of launching
+
+
+class _TargetOnlyDriver:
+    """The part of a Triton driver a compile-only launch needs, for a GPU that is not here."""
+
+    def __init__(self, arch: int):
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self):
+        return self.target
+
+    def get_current_device(self) -> int:
+        return self.target.arch  # one kernel cache per target, not per GPU
+
+    def get_current_stream(self, device=None) -> int:
+        return 0
+
+    def get_active_torch_device(self):
+        import torch
+
+        return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def compile_only(arch: int) -> Iterator[list]:
+    """Within the block, launching a Triton kernel compiles it for ``sm_<arch>`` and runs
+    nothing; yields the list of ``(kernel name, CompiledKernel, seconds)`` compiled."""
+    from triton.runtime.driver import driver
+    from triton.runtime.jit import JITFunction
+
+    compiled: list = []
+    launch = JITFunction.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        start = time.perf_counter()
+        kernel = launch(self, *args, grid=grid, warmup=True, **kwargs)
+        compiled.append((self.fn.__name__, kernel, time.perf_counter() - start))
+        return kernel
+
+    driver.set_active(_TargetOnlyDriver(arch))
+    JITFunction.run = run
+    try:
+        yield compiled
+    finally:
+        JITFunction.run = launch
+        driver.set_active(None)  # the real driver again, created when next needed
+
+
+def _cuobjdump(cubin: bytes, *flags: str) -> str:
+    import triton
+
+    tool = triton.knobs.nvidia.cuobjdump.path
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([tool, *flags, f.name], capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+
+def describe(arch: int, label: str, name: str, kernel, seconds: float) -> Compiled:
+    """Resources of one compiled kernel, read from its metadata and its cubin."""
+    rec = Compiled(arch, label, name, kernel.metadata.num_warps, kernel.metadata.num_stages,
+                   kernel.metadata.shared, seconds=round(seconds, 2))  # fmt: skip
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)",
+                      _cuobjdump(kernel.asm["cubin"], "--dump-resource-usage"))  # fmt: skip
+    if usage:
+        rec.registers = int(usage[1])
+        rec.local = int(usage[2]) + int(usage[3])
+    sass = _cuobjdump(kernel.asm["cubin"], "-sass")
+    rec.tensor_cores = "wgmma" if "HGMMA" in sass else "mma" if "HMMA" in sass else "-"
+    return rec
+
+
+def compile_arch(arch: int, only: str = "") -> list[Compiled]:
+    """Compile every case whose label contains ``only`` for ``sm_<arch>``."""
+    records = []
+    for case in cases():
+        if only not in case.label:
+            continue
+        with compile_only(arch) as compiled:
+            try:
+                case.call()
+            except Exception as e:  # a compile error: record it, go on with the others
+                text = str(e).strip().splitlines()
+                records.append(Compiled(arch, case.label, error=f"{type(e).__name__}: "
+                                        + (text[-1] if text else "")))  # fmt: skip
+                continue
+        records += [describe(arch, case.label, *c) for c in compiled]
+    return records
+
+
+# ------------------------------------------------------------------------------ reporting
+
+
+def markdown(records: list[Compiled], header: dict) -> str:
+    lines = ["# Triton kernels compiled for GPU targets (no GPU used)", ""]
+    lines += [f"- {k}: {v}" for k, v in header.items()]
+    lines += ["", "Local memory is per thread (spills and stack); shared memory per block.", ""]
+    for arch in sorted({r.arch for r in records}):
+        lines += [f"## sm_{arch}", "",
+                  "| case | kernel | warps | stages | shared KB | regs | local B | tensor cores |",
+                  "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        for r in (r for r in records if r.arch == arch):
+            if r.error:
+                lines.append(f"| {r.case} | **{r.error}** | | | | | | |")
+                continue
+            lines.append(f"| {r.case} | {r.kernel} | {r.warps} | {r.stages} | "
+                         f"{r.shared / 1024:.0f} | {r.registers} | {r.local} | {r.tensor_cores} |")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
+                        help="compute capabilities to compile for (default: 80 90)")  # fmt: skip
+    parser.add_argument("--only", default="", help="compile only cases whose label has this")
+    parser.add_argument("--json", help="write every record to this JSON file")
+    parser.add_argument("--markdown", help="write the tables to this Markdown file")
+    args = parser.parse_args(argv)
+
+    import torch
+    import triton
+
+    start = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=min(len(args.arch), os.cpu_count() or 1),
+                             mp_context=get_context("spawn")) as pool:  # fmt: skip
+        records = [r for rs in pool.map(compile_arch, args.arch, [args.only] * len(args.arch))
+                   for r in rs]  # fmt: skip
+    if not records:
+        print(f"no case matches --only {args.only!r}", file=sys.stderr)
+        return 2
+    header = {"triton": triton.__version__, "torch": torch.__version__,
+              "date": time.strftime("%Y-%m-%d"), "targets": ", ".join(f"sm_{a}" for a in args.arch),
+              "cases": len({r.case for r in records}), "kernels compiled": len(records)}  # fmt: skip
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"header": header, "records": [asdict(r) for r in records]}, f, indent=1)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(markdown(records, header))
+
+    spills = [r for r in records if r.local]
+    failures = [(r, p) for r in records for p in r.problems()]
+    print(f"{len(records)} kernels compiled for {header['targets']} in "
+          f"{time.perf_counter() - start:.0f} s; {len(spills)} use local memory")  # fmt: skip
+    for r in spills:
+        print(f"  note: sm_{r.arch} {r.case} ({r.kernel}): {r.local} B of local memory per thread")
+    for r, problem in failures:
+        print(f"FAIL sm_{r.arch} {r.case}: {problem}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
