@@ -112,16 +112,45 @@ def cases() -> list[Case]:
                 weight = w(128, 256, dt)
                 x = w(tokens, 256, dt)
                 bias = w(1, 128, dt)[0]
-                add(f"masked_linear {name} {n}:{m} tokens={tokens}",
-                    k.masked_linear_triton, x, weight, n, m, bias)  # fmt: skip
+                add(
+                    f"masked_linear {name} {n}:{m} tokens={tokens}",
+                    k.masked_linear_triton,
+                    x,
+                    weight,
+                    n,
+                    m,
+                    bias,
+                )
                 mask = torch.ones(128, 256, dtype=torch.bool)
-                add(f"masked_linear given-mask {name} {n}:{m} tokens={tokens}",
-                    k.masked_linear_triton, x, weight, n, m, None, mask)  # fmt: skip
-                add(f"masked_linear_dx {name} {n}:{m} tokens={tokens}",
-                    k.masked_linear_dx_triton, w(tokens, 128, dt), weight, mask, m)  # fmt: skip
+                add(
+                    f"masked_linear given-mask {name} {n}:{m} tokens={tokens}",
+                    k.masked_linear_triton,
+                    x,
+                    weight,
+                    n,
+                    m,
+                    None,
+                    mask,
+                )
+                add(
+                    f"masked_linear_dx {name} {n}:{m} tokens={tokens}",
+                    k.masked_linear_dx_triton,
+                    w(tokens, 128, dt),
+                    weight,
+                    mask,
+                    m,
+                )
                 vals, idx = nm_compress_ref(weight, n, m)
-                add(f"nm_linear {name} {n}:{m} tokens={tokens}",
-                    k.nm_linear_triton, x, vals, pack_positions(idx, m), n, m, bias)  # fmt: skip
+                add(
+                    f"nm_linear {name} {n}:{m} tokens={tokens}",
+                    k.nm_linear_triton,
+                    x,
+                    vals,
+                    pack_positions(idx, m),
+                    n,
+                    m,
+                    bias,
+                )
 
     for name in ("fp16", "bf16"):
         dt = dtypes[name]
@@ -130,8 +159,14 @@ def cases() -> list[Case]:
         for k_in in (192, 256):  # decode BK = 64 or 128
             vals, meta = to_sparse24_ref(w(128, k_in, dt))
             for tokens in (1, 4, 64):
-                add(f"sparse24_linear {name} K={k_in} tokens={tokens}",
-                    k.sparse24_linear_triton, w(tokens, k_in, dt), vals, meta, w(1, 128, dt)[0])  # fmt: skip
+                add(
+                    f"sparse24_linear {name} K={k_in} tokens={tokens}",
+                    k.sparse24_linear_triton,
+                    w(tokens, k_in, dt),
+                    vals,
+                    meta,
+                    w(1, 128, dt)[0],
+                )
 
     phases = {  # (update_v, srste_decay, n, want_z, given masks)
         "dense AdamW": (True, 0.0, 0, False, False),
@@ -147,8 +182,26 @@ def cases() -> list[Case]:
             grads = [torch.randn_like(p) for p in params]
             states = [[torch.zeros(p.shape) for p in params] for _ in range(2)]
             masks = [torch.ones(p.shape, dtype=torch.bool) for p in params] if given else None
-            add(f"adam_update {name} {phase}", k.adam_update_triton, params, grads, *states,
-                1e-3, 0.9, 0.999, 1e-8, 0.01, 3, 3, update_v, decay, n, m, want_z, masks)  # fmt: skip
+            add(
+                f"adam_update {name} {phase}",
+                k.adam_update_triton,
+                params,
+                grads,
+                *states,
+                1e-3,
+                0.9,
+                0.999,
+                1e-8,
+                0.01,
+                3,
+                3,
+                update_v,
+                decay,
+                n,
+                m,
+                want_z,
+                masks,
+            )
     return out
 
 
@@ -210,16 +263,26 @@ def _cuobjdump(cubin: bytes, *flags: str) -> str:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        return subprocess.run([tool, *flags, f.name], capture_output=True, text=True,
-                              check=True).stdout  # fmt: skip
+        return subprocess.run(
+            [tool, *flags, f.name], capture_output=True, text=True, check=True
+        ).stdout
 
 
 def describe(arch: int, label: str, name: str, kernel, seconds: float) -> Compiled:
     """Resources of one compiled kernel, read from its metadata and its cubin."""
-    rec = Compiled(arch, label, name, kernel.metadata.num_warps, kernel.metadata.num_stages,
-                   kernel.metadata.shared, seconds=round(seconds, 2))  # fmt: skip
-    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)",
-                      _cuobjdump(kernel.asm["cubin"], "--dump-resource-usage"))  # fmt: skip
+    rec = Compiled(
+        arch,
+        label,
+        name,
+        kernel.metadata.num_warps,
+        kernel.metadata.num_stages,
+        kernel.metadata.shared,
+        seconds=round(seconds, 2),
+    )
+    usage = re.search(
+        r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)",
+        _cuobjdump(kernel.asm["cubin"], "--dump-resource-usage"),
+    )
     if usage:
         rec.registers = int(usage[1])
         rec.local = int(usage[2]) + int(usage[3])
@@ -239,8 +302,11 @@ def compile_arch(arch: int, only: str = "") -> list[Compiled]:
                 case.call()
             except Exception as e:  # a compile error: record it, go on with the others
                 text = str(e).strip().splitlines()
-                records.append(Compiled(arch, case.label, error=f"{type(e).__name__}: "
-                                        + (text[-1] if text else "")))  # fmt: skip
+                records.append(
+                    Compiled(
+                        arch, case.label, error=f"{type(e).__name__}: " + (text[-1] if text else "")
+                    )
+                )
                 continue
         records += [describe(arch, case.label, *c) for c in compiled]
     return records
@@ -254,23 +320,33 @@ def markdown(records: list[Compiled], header: dict) -> str:
     lines += [f"- {k}: {v}" for k, v in header.items()]
     lines += ["", "Local memory is per thread (spills and stack); shared memory per block.", ""]
     for arch in sorted({r.arch for r in records}):
-        lines += [f"## sm_{arch}", "",
-                  "| case | kernel | warps | stages | shared KB | regs | local B | tensor cores |",
-                  "|---|---|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+        lines += [
+            f"## sm_{arch}",
+            "",
+            "| case | kernel | warps | stages | shared KB | regs | local B | tensor cores |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
+        ]
         for r in (r for r in records if r.arch == arch):
             if r.error:
                 lines.append(f"| {r.case} | **{r.error}** | | | | | | |")
                 continue
-            lines.append(f"| {r.case} | {r.kernel} | {r.warps} | {r.stages} | "
-                         f"{r.shared / 1024:.0f} | {r.registers} | {r.local} | {r.tensor_cores} |")  # fmt: skip
+            lines.append(
+                f"| {r.case} | {r.kernel} | {r.warps} | {r.stages} | "
+                f"{r.shared / 1024:.0f} | {r.registers} | {r.local} | {r.tensor_cores} |"
+            )
         lines.append("")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", type=int, nargs="+", default=[80, 90],
-                        help="compute capabilities to compile for (default: 80 90)")  # fmt: skip
+    parser.add_argument(
+        "--arch",
+        type=int,
+        nargs="+",
+        default=[80, 90],
+        help="compute capabilities to compile for (default: 80 90)",
+    )
     parser.add_argument("--only", default="", help="compile only cases whose label has this")
     parser.add_argument("--json", help="write every record to this JSON file")
     parser.add_argument("--markdown", help="write the tables to this Markdown file")
@@ -280,16 +356,23 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     start = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=min(len(args.arch), os.cpu_count() or 1),
-                             mp_context=get_context("spawn")) as pool:  # fmt: skip
-        records = [r for rs in pool.map(compile_arch, args.arch, [args.only] * len(args.arch))
-                   for r in rs]  # fmt: skip
+    with ProcessPoolExecutor(
+        max_workers=min(len(args.arch), os.cpu_count() or 1), mp_context=get_context("spawn")
+    ) as pool:
+        records = [
+            r for rs in pool.map(compile_arch, args.arch, [args.only] * len(args.arch)) for r in rs
+        ]
     if not records:
         print(f"no case matches --only {args.only!r}", file=sys.stderr)
         return 2
-    header = {"triton": triton.__version__, "torch": torch.__version__,
-              "date": time.strftime("%Y-%m-%d"), "targets": ", ".join(f"sm_{a}" for a in args.arch),
-              "cases": len({r.case for r in records}), "kernels compiled": len(records)}  # fmt: skip
+    header = {
+        "triton": triton.__version__,
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d"),
+        "targets": ", ".join(f"sm_{a}" for a in args.arch),
+        "cases": len({r.case for r in records}),
+        "kernels compiled": len(records),
+    }
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"header": header, "records": [asdict(r) for r in records]}, f, indent=1)
@@ -299,8 +382,10 @@ def main(argv: list[str] | None = None) -> int:
 
     spills = [r for r in records if r.local]
     failures = [(r, p) for r in records for p in r.problems()]
-    print(f"{len(records)} kernels compiled for {header['targets']} in "
-          f"{time.perf_counter() - start:.0f} s; {len(spills)} use local memory")  # fmt: skip
+    print(
+        f"{len(records)} kernels compiled for {header['targets']} in "
+        f"{time.perf_counter() - start:.0f} s; {len(spills)} use local memory"
+    )
     for r in spills:
         print(f"  note: sm_{r.arch} {r.case} ({r.kernel}): {r.local} B of local memory per thread")
     for r, problem in failures:
