@@ -6,7 +6,11 @@ walks K in chunks of ``BG`` groups of ``m``: it loads the ``[BN, BG, MP]`` weigh
 group's magnitudes in registers (``nm_select.keep_top_n``: the ``step.nm_mask`` rule,
 bit-exact), zeroes the losers and feeds ``tl.dot``; no masked copy of w is ever written.
 The programs of the first token block also store the mask (int8, read as bool) for the
-backward pass; with a given mask the kernel loads it instead of ranking.
+backward pass; with a given mask the kernel loads it instead of ranking. With more than
+one block of tokens the launcher ranks once, with ``nm_mask``'s kernel (one pass over w
+writing the mask the backward pass needs anyway), and the matmul loads that mask: each
+block of tokens would otherwise rank the same weight tiles again, and ranking costs
+several times the tensor-core work of a 64-token tile.
 
 Input gradient: ``dx = dy @ (w * mask)`` with the saved mask, again masked in registers.
 (The STE weight gradient ``dw = dy.T @ x`` is a plain dense GEMM, left to cuBLAS.)
@@ -19,8 +23,9 @@ import triton.language as tl
 
 from step.ops.float_bits import bits_view, magnitude_constants
 
-from . import INTERPRET, dot_precision
+from . import INTERPRET, dot_precision, dot_warps
 from .linear_io import as_rows
+from .nm_mask import nm_mask_triton
 from .nm_select import keep_top_n, magnitude_key
 
 
@@ -123,6 +128,10 @@ def masked_linear_triton(
     x2 = as_rows(x)
     n_tokens = x2.shape[0]
     y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
+    bm, bn, bg = masked_linear_tiles(n_tokens, m)
+    if mask is None and n_out and k_in and n_tokens > bm:
+        # every block of tokens would rank the same weight tiles again: rank them once
+        mask = nm_mask_triton(w.contiguous(), n, m)
     given = mask is not None
     # without a given mask, the first row of programs writes every element of this one
     if given:
@@ -130,7 +139,6 @@ def masked_linear_triton(
     else:
         mask_i8 = torch.empty(w.shape, dtype=torch.int8, device=w.device)
     if n_out and k_in:
-        bm, bn, bg = masked_linear_tiles(n_tokens, m)
         # with no tokens one row of programs still runs, to compute the mask
         grid = (max(1, triton.cdiv(n_tokens, bm)), triton.cdiv(n_out, bn))
         abs_mask, inf_bits = magnitude_constants(w.dtype)
@@ -140,7 +148,7 @@ def masked_linear_triton(
             N=n, M=m, MP=triton.next_power_of_2(m), GIVEN=given,
             ABS_MASK=abs_mask, INF_BITS=inf_bits, HAS_BIAS=bias is not None,
             UPCAST=INTERPRET and x.dtype == torch.bfloat16,
-            PRECISION=dot_precision(x.dtype), BM=bm, BN=bn, BG=bg,
+            PRECISION=dot_precision(x.dtype), BM=bm, BN=bn, BG=bg, num_warps=dot_warps(x.dtype),
         )  # fmt: skip
     elif n_tokens and n_out:  # K == 0: an empty sum
         y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
@@ -157,12 +165,15 @@ def masked_linear_dx_triton(
     dx = torch.empty((n_tokens, k_in), dtype=grad_y.dtype, device=grad_y.device)
     if n_tokens and k_in and n_out:
         bm, bn, bg = masked_linear_tiles(n_tokens, m)
+        if grad_y.dtype == torch.float32:  # an FMA dot over 64 rows of n spills registers
+            bn = 32
         grid = (triton.cdiv(n_tokens, bm), triton.cdiv(k_in // m, bg))
         _masked_linear_dx_kernel[grid](
             dy, w.contiguous(), mask.contiguous().view(torch.int8), dx, n_tokens, n_out,
             k_in // m, dy.stride(0), dx.stride(0), M=m, MP=triton.next_power_of_2(m),
             UPCAST=INTERPRET and grad_y.dtype == torch.bfloat16,
             PRECISION=dot_precision(grad_y.dtype), BM=bm, BN=bn, BG=bg,
+            num_warps=dot_warps(grad_y.dtype),
         )  # fmt: skip
     elif n_tokens:
         dx.zero_()

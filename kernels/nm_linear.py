@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET, dot_precision
+from . import INTERPRET, dot_precision, dot_warps
 from .linear_io import as_rows, linear_output
 
 
@@ -104,6 +104,6 @@ def nm_linear_triton(
         N=n, M=m, NP=triton.next_power_of_2(n), MP=triton.next_power_of_2(m),
         BITS=position_bits(m), HAS_BIAS=bias is not None,
         UPCAST=INTERPRET and x.dtype == torch.bfloat16, PRECISION=dot_precision(x.dtype),
-        BM=bm, BN=bn, BG=bg,
+        BM=bm, BN=bn, BG=bg, num_warps=dot_warps(x.dtype),
     )  # fmt: skip
     return y.reshape(*x.shape[:-1], n_out)

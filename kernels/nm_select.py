@@ -11,15 +11,22 @@ import triton
 import triton.language as tl
 
 
-def group_block(mp: int, budget: int = 4096) -> int:
-    """Groups per program so that the ``[groups, mp, mp]`` rank comparison stays small."""
-    return max(1, triton.next_power_of_2(max(1, budget // (mp * mp))))
+def group_block(mp: int, budget: int = 2048) -> int:
+    """Groups per program: ``budget`` elements (``[groups, mp]``) per program of 4 warps."""
+    return max(1, budget // mp)
 
 
 @triton.jit
 def magnitude_key(bits, valid, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr):
-    """int32 key ordered like |w| (NaN == inf); -1 on padding lanes so they never win."""
-    key = tl.minimum(bits.to(tl.int32) & ABS_MASK, INF_BITS)
+    """Integer key ordered like |w| (NaN == inf); -1 on padding lanes so they never win.
+
+    int32 for 16-bit floats, int64 for float32, so that ``keep_top_n`` can append the
+    lane index to every key without overflow.
+    """
+    if INF_BITS > 0xFFFF:
+        key = tl.minimum(bits.to(tl.int64) & ABS_MASK, INF_BITS)
+    else:
+        key = tl.minimum(bits.to(tl.int32) & ABS_MASK, INF_BITS)
     return tl.where(valid, key, -1)
 
 
@@ -27,17 +34,26 @@ def magnitude_key(bits, valid, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr):
 def keep_top_n(key, N: tl.constexpr, MP: tl.constexpr):
     """``key`` [G, MP] -> bool [G, MP]: the N largest keys of each row, ties to the lower index.
 
-    Element i is kept when fewer than N elements j beat it, where j beats i if
-    key_j > key_i, or key_j == key_i and j < i. This is a total order, so exactly N
-    elements of each group are kept, whatever the ties. The comparisons run one j at a
-    time: a ``[G, MP, MP]`` tensor of them would not fit in registers inside a matmul.
+    Appending the reversed lane index makes the scores of a row distinct and orders
+    equal keys lower lane first, so exactly N elements are kept whatever the ties (the
+    ``step.nm_mask`` rule). The N-th largest score is the threshold, found by taking the
+    row maximum out N - 1 times (or, when N > MP / 2, the largest dropped score, taking
+    the row minimum out MP - N - 1 times): a few row reductions, no ``[G, MP, MP]`` comparison
+    tensor (which would not fit in registers inside a matmul).
     """
     lane = tl.arange(0, MP)[None, :]
-    rank = tl.zeros(key.shape, dtype=tl.int32)
-    for j in tl.static_range(MP):
-        k_j = tl.sum(tl.where(lane == j, key, 0), axis=1)[:, None]  # [G, 1]: key j of each row
-        rank += ((k_j > key) | ((k_j == key) & (lane > j))).to(tl.int32)
-    return rank < N
+    score = key * MP + (MP - 1 - lane)  # padding lanes (key -1) score below every real one
+    rest = score
+    if 2 * N <= MP:
+        for _ in tl.static_range(N - 1):
+            rest = tl.where(rest == tl.max(rest, axis=1)[:, None], -2 * MP, rest)
+        kept = score >= tl.max(rest, axis=1)[:, None]
+    else:
+        top = tl.max(score, axis=1)[:, None]  # taken-out minima become the (unique) maximum
+        for _ in tl.static_range(MP - N - 1):
+            rest = tl.where(rest == tl.min(rest, axis=1)[:, None], top, rest)
+        kept = score > tl.min(rest, axis=1)[:, None]
+    return kept
 
 
 @triton.jit

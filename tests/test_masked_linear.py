@@ -80,9 +80,10 @@ def fp64_masked(x, w, mask, b):
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n,m", RATIOS)
-@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (2, 32)])
+@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (2, 32), (70,)])
 def test_triton_forward_mask_exact_and_output_within_rule(device, n, m, tokens):
-    # K = 5 groups: never a multiple of the kernel's 64-column K step; ties are frequent
+    # K = 5 groups: never a multiple of the kernel's 64-column K step; ties are frequent.
+    # 70 tokens: two token blocks, so the mask is ranked once before the matmul.
     w = random_weights((40, 5 * m), torch.float16, device, ties=True)
     x = random_weights((*tokens, 5 * m), torch.float16, device)
     b = random_weights((40,), torch.float16, device)
