@@ -23,14 +23,6 @@ def dot_precision(dtype) -> str:
     return "tf32"
 
 
-def dot_warps(dtype) -> int:
-    """Warps per program of the matmul kernels: 8 for float32, whose IEEE ``tl.dot`` runs on
-    the FMA units with both operand tiles in registers (4 warps spill them), else 4."""
-    import torch
-
-    return 8 if dtype == torch.float32 else 4
-
-
 from .adam_update import adam_update_triton  # noqa: E402
 from .masked_linear import masked_linear_dx_triton, masked_linear_triton  # noqa: E402
 from .nm_compress import nm_compress_triton, nm_decompress_triton  # noqa: E402

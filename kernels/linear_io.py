@@ -1,4 +1,6 @@
-"""What the matmul launchers share: x as unit-stride rows, and y when nothing is summed."""
+"""What the matmul launchers share: x as unit-stride rows, y when nothing is summed, tiles."""
+
+import functools
 
 import torch
 
@@ -21,3 +23,35 @@ def linear_output(
         y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
         return y, True
     return y, False
+
+
+def token_tile(n_tokens: int, dtype: torch.dtype) -> tuple[int, int]:
+    """``(BM, warps)``: tokens per program of the matmul kernels, and warps per program.
+
+    Up to 16 tokens, 16 (decode: a single row of programs reads every weight byte once).
+    Up to 64 tokens, or float32 (its IEEE dot runs on the FMA units, operands in
+    registers), 64. Beyond, 128 tokens and 8 warps: each weight tile is loaded half as
+    often, and a Hopper warpgroup's 64-row wgmma is filled twice.
+    """
+    if n_tokens <= 16:
+        return 16, 8 if dtype == torch.float32 else 4
+    if n_tokens <= 64 or dtype == torch.float32:
+        return 64, 8 if dtype == torch.float32 else 4
+    return 128, 8
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def decode_rows(n_out: int, device: torch.device, largest: int = 64) -> int:
+    """Output rows per program in decode (one row of programs): the largest power of two
+    from ``largest`` down to 16 that still gives two programs per SM, so that every SM
+    streams weights (16 if none does; ``largest`` off a GPU)."""
+    if device.type != "cuda":
+        return largest
+    rows = largest
+    while rows > 16 and -(-n_out // rows) < 2 * _sm_count(device):
+        rows //= 2
+    return rows

@@ -23,8 +23,8 @@ import triton.language as tl
 
 from step.ops.float_bits import bits_view, magnitude_constants
 
-from . import INTERPRET, dot_precision, dot_warps
-from .linear_io import as_rows
+from . import INTERPRET, dot_precision
+from .linear_io import as_rows, decode_rows, token_tile
 from .nm_mask import nm_mask_triton
 from .nm_select import keep_top_n, magnitude_key
 
@@ -105,13 +105,19 @@ def _masked_linear_dx_kernel(
     tl.store(dx + rm[:, None, None] * stride_dx + col[None, :, :], out, mask=out_ok)
 
 
-def masked_linear_tiles(n_tokens: int, m: int) -> tuple[int, int, int]:
-    """(BM, BN, BG): token tile, output-row tile, groups per K step (BG * MP columns,
-    at least 16 for ``tl.dot``; 64 for m <= 64)."""
-    mp = triton.next_power_of_2(m)
-    bg = max(1, 64 // mp)
-    bm = 16 if n_tokens <= 16 else 64
-    return bm, 64, bg
+def masked_linear_tiles(
+    n_tokens: int, m: int, dtype: torch.dtype, n_out: int, device: torch.device
+) -> tuple[int, int, int, int]:
+    """(BM, BN, BG, warps) of the forward kernel: token tile, output-row tile, groups per
+    K step (BG * MP columns: 64 for m <= 64, at least the 16 ``tl.dot`` needs), warps."""
+    bm, warps = token_tile(n_tokens, dtype)
+    bn = {16: decode_rows(n_out, device), 64: 64, 128: 128}[bm]
+    return bm, bn, groups_per_step(m), warps
+
+
+def groups_per_step(m: int) -> int:
+    """Groups of ``m`` per K step: 64 columns (the group, if m > 64; at least 16 columns)."""
+    return max(1, 64 // triton.next_power_of_2(m))
 
 
 def masked_linear_triton(
@@ -128,7 +134,7 @@ def masked_linear_triton(
     x2 = as_rows(x)
     n_tokens = x2.shape[0]
     y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
-    bm, bn, bg = masked_linear_tiles(n_tokens, m)
+    bm, bn, bg, warps = masked_linear_tiles(n_tokens, m, x.dtype, n_out, x.device)
     if mask is None and n_out and k_in and n_tokens > bm:
         # every block of tokens would rank the same weight tiles again: rank them once
         mask = nm_mask_triton(w.contiguous(), n, m)
@@ -148,7 +154,7 @@ def masked_linear_triton(
             N=n, M=m, MP=triton.next_power_of_2(m), GIVEN=given,
             ABS_MASK=abs_mask, INF_BITS=inf_bits, HAS_BIAS=bias is not None,
             UPCAST=INTERPRET and x.dtype == torch.bfloat16,
-            PRECISION=dot_precision(x.dtype), BM=bm, BN=bn, BG=bg, num_warps=dot_warps(x.dtype),
+            PRECISION=dot_precision(x.dtype), BM=bm, BN=bn, BG=bg, num_warps=warps,
         )  # fmt: skip
     elif n_tokens and n_out:  # K == 0: an empty sum
         y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
@@ -164,16 +170,15 @@ def masked_linear_dx_triton(
     n_tokens = dy.shape[0]
     dx = torch.empty((n_tokens, k_in), dtype=grad_y.dtype, device=grad_y.device)
     if n_tokens and k_in and n_out:
-        bm, bn, bg = masked_linear_tiles(n_tokens, m)
-        if grad_y.dtype == torch.float32:  # an FMA dot over 64 rows of n spills registers
-            bn = 32
+        bm, warps = token_tile(n_tokens, grad_y.dtype)
+        bg = groups_per_step(m)
+        bn = 32 if grad_y.dtype == torch.float32 else 64  # an FMA dot over 64 rows spills
         grid = (triton.cdiv(n_tokens, bm), triton.cdiv(k_in // m, bg))
         _masked_linear_dx_kernel[grid](
             dy, w.contiguous(), mask.contiguous().view(torch.int8), dx, n_tokens, n_out,
             k_in // m, dy.stride(0), dx.stride(0), M=m, MP=triton.next_power_of_2(m),
             UPCAST=INTERPRET and grad_y.dtype == torch.bfloat16,
-            PRECISION=dot_precision(grad_y.dtype), BM=bm, BN=bn, BG=bg,
-            num_warps=dot_warps(grad_y.dtype),
+            PRECISION=dot_precision(grad_y.dtype), BM=bm, BN=bn, BG=bg, num_warps=warps,
         )  # fmt: skip
     elif n_tokens:
         dx.zero_()

@@ -15,8 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
-from . import INTERPRET, dot_precision, dot_warps
-from .linear_io import as_rows, linear_output
+from . import INTERPRET, dot_precision
+from .linear_io import as_rows, decode_rows, linear_output, token_tile
 
 
 @triton.jit
@@ -64,17 +64,22 @@ def _nm_linear_kernel(
     tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def nm_linear_tiles(n_tokens: int, n: int, m: int) -> tuple[int, int, int]:
-    """(BM, BN, BG): token and output-row tile, groups per K step.
+def nm_linear_tiles(
+    n_tokens: int, n: int, m: int, dtype: torch.dtype, n_out: int, device: torch.device
+) -> tuple[int, int, int, int]:
+    """(BM, BN, BG, warps): token and output-row tile, groups per K step, warps.
 
-    BG * MP >= 16 columns for ``tl.dot``; the ``[BN, BG, NP, MP]`` scatter of one step
-    is kept near 8K elements (fewer rows for large m).
+    K steps of 64 dense columns, 128 in decode (more weight bytes in flight per program),
+    at least 16 for ``tl.dot``. The ``[BN, BG, NP, MP]`` scatter of one step is kept
+    near 8K elements: fewer rows, or fewer groups, for large n and m.
     """
     mp, np_ = triton.next_power_of_2(m), triton.next_power_of_2(n)
-    bg = max(1, 64 // mp)  # 64 dense columns per step (32 for m = 32)
-    bn = max(16, min(64, triton.next_power_of_2(8192 // (bg * np_ * mp))))
-    bm = 16 if n_tokens <= 16 else 64
-    return bm, bn, bg
+    bm, warps = token_tile(n_tokens, dtype)
+    step_columns = 128 if bm == 16 else 64
+    bg = max(1, min(step_columns // mp, 8192 // (16 * np_ * mp)))
+    widest = {16: decode_rows(n_out, device), 64: 64, 128: 128}[bm]
+    bn = max(16, min(widest, triton.next_power_of_2(8192 // (bg * np_ * mp))))
+    return bm, bn, bg, warps
 
 
 def nm_linear_triton(
@@ -96,7 +101,7 @@ def nm_linear_triton(
     y, done = linear_output(x2, n_out, bias)
     if done:
         return y.reshape(*x.shape[:-1], n_out)
-    bm, bn, bg = nm_linear_tiles(n_tokens, n, m)
+    bm, bn, bg, warps = nm_linear_tiles(n_tokens, n, m, x.dtype, n_out, x.device)
     grid = (triton.cdiv(n_tokens, bm), triton.cdiv(n_out, bn))
     _nm_linear_kernel[grid](
         x2, values, positions, bias if bias is not None else values, y,
@@ -104,6 +109,6 @@ def nm_linear_triton(
         N=n, M=m, NP=triton.next_power_of_2(n), MP=triton.next_power_of_2(m),
         BITS=position_bits(m), HAS_BIAS=bias is not None,
         UPCAST=INTERPRET and x.dtype == torch.bfloat16, PRECISION=dot_precision(x.dtype),
-        BM=bm, BN=bn, BG=bg, num_warps=dot_warps(x.dtype),
+        BM=bm, BN=bn, BG=bg, num_warps=warps,
     )  # fmt: skip
     return y.reshape(*x.shape[:-1], n_out)

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from . import INTERPRET
 from .cutlass_layout import cutlass_meta_offset
-from .linear_io import as_rows, linear_output
+from .linear_io import as_rows, decode_rows, linear_output, token_tile
 
 
 @triton.jit
@@ -52,11 +52,14 @@ def _sparse24_linear_kernel(
     tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
 
 
-def _tiles(n_tokens: int, k_in: int) -> tuple[int, int, int]:
-    """(BM, BN, BK); BK must divide K, which is a multiple of 64."""
-    if n_tokens <= 16:  # decode: many programs over N, long K strips
-        return 16, 32, 128 if k_in % 128 == 0 else 64
-    return 64, 64, 64
+def _tiles(
+    n_tokens: int, k_in: int, dtype: torch.dtype, n_out: int, device: torch.device
+) -> tuple[int, int, int, int]:
+    """(BM, BN, BK, warps); BK must divide K, which is a multiple of 64."""
+    bm, warps = token_tile(n_tokens, dtype)
+    if bm == 16:  # decode: long K strips, output rows so that every SM streams
+        return 16, decode_rows(n_out, device, largest=32), 128 if k_in % 128 == 0 else 64, warps
+    return bm, bm, 64, warps
 
 
 def sparse24_linear_triton(
@@ -70,12 +73,12 @@ def sparse24_linear_triton(
     n_tokens = x2.shape[0]
     y, done = linear_output(x2, n_out, bias)
     if not done:
-        bm, bn, bk = _tiles(n_tokens, k_in)
+        bm, bn, bk, warps = _tiles(n_tokens, k_in, x.dtype, n_out, x.device)
         grid = (triton.cdiv(n_tokens, bm), triton.cdiv(n_out, bn))
         _sparse24_linear_kernel[grid](
             x2, values, meta, bias if bias is not None else values, y,
             n_tokens, n_out, k_in, x2.stride(0), y.stride(0),
             HAS_BIAS=bias is not None, UPCAST=INTERPRET and x.dtype == torch.bfloat16,
-            BM=bm, BN=bn, BK=bk,
+            BM=bm, BN=bn, BK=bk, num_warps=warps,
         )  # fmt: skip
     return y.reshape(*x.shape[:-1], n_out)

@@ -78,7 +78,7 @@ def cases() -> list[Case]:
     """Every launcher over the dtypes, N:M ratios and tile branches it can take.
 
     Token counts: 1 (Triton specialises an integer equal to 1), 4 (the decode tiles,
-    <= 16 tokens) and 64 (the tiled path). The tensors' contents are never read.
+    <= 16 tokens), 64 and 200 (the two tiled paths). The tensors' contents are never read.
     """
     import torch
 
@@ -105,7 +105,7 @@ def cases() -> list[Case]:
 
     for name, dt in dtypes.items():
         for n, m in ALL_NM if name == "fp16" else SOME_NM:
-            for tokens in (1, 4, 64):
+            for tokens in (1, 4, 64, 200):
                 weight = w(128, 256, dt)
                 x = w(tokens, 256, dt)
                 bias = w(1, 128, dt)[0]
@@ -155,7 +155,7 @@ def cases() -> list[Case]:
         add(f"from_sparse24 {name}", k.from_sparse24_triton, *to_sparse24_ref(w(64, 256, dt)))
         for k_in in (192, 256):  # decode BK = 64 or 128
             vals, meta = to_sparse24_ref(w(128, k_in, dt))
-            for tokens in (1, 4, 64):
+            for tokens in (1, 4, 64, 200):
                 add(
                     f"sparse24_linear {name} K={k_in} tokens={tokens}",
                     k.sparse24_linear_triton,

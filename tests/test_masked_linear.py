@@ -131,10 +131,11 @@ def test_triton_gradients_match_autograd_through_the_reference(n, m, bias):
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,m", [(2, 4), (1, 8), (5, 6)])
-def test_triton_input_gradient_within_rule(device, dtype, n, m):
+@pytest.mark.parametrize("tokens", [(2, 19), (150,)])
+def test_triton_input_gradient_within_rule(device, dtype, n, m, tokens):
     w = random_weights((50, 9 * m), dtype, device)
     mask = nm_mask_ref(w, n, m)
-    dy = random_weights((2, 19, 50), dtype, device)
+    dy = random_weights((*tokens, 50), dtype, device)
     with step.use_backend("masked_linear_dx=triton"):
         dx = torch.ops.step.masked_linear_dx(dy, w, mask, m)
     want = dy.double() @ torch.where(mask, w.double(), 0)
@@ -152,10 +153,12 @@ def test_triton_computes_the_mask_with_no_tokens():
 
 
 def test_tiles():
+    cpu = torch.device("cpu")
     for m in (2, 4, 8, 16, 32, 5):
-        bm, bn, bg = masked_linear_tiles(4096, m)
-        assert bg * (1 << (m - 1).bit_length()) >= 16 and bm == 64
-    assert masked_linear_tiles(8, 4)[0] == 16
+        bm, bn, bg, warps = masked_linear_tiles(4096, m, torch.float16, 4096, cpu)
+        assert bg * (1 << (m - 1).bit_length()) >= 16 and (bm, bn, warps) == (128, 128, 8)
+    assert masked_linear_tiles(8, 4, torch.float16, 4096, cpu)[0] == 16
+    assert masked_linear_tiles(4096, 4, torch.float32, 4096, cpu)[::3] == (64, 8)
 
 
 @pytest.mark.gpu

@@ -25,7 +25,7 @@ def fp64_result(x, values, meta, b):
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("dtype", HALF_DTYPES)
-@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (64,), (2, 5)])
+@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (64,), (2, 5), (130,)])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n_out,k", [(32, 64), (64, 192)])
 def test_triton_within_tolerance_rule(device, dtype, tokens, bias, n_out, k):
