@@ -1,7 +1,6 @@
 """Tile sizes shared by the Triton matmul launchers (step.kernels.linear_io)."""
 
 import torch
-
 from step.kernels import linear_io
 from step.kernels.linear_io import decode_rows, token_tile
 
