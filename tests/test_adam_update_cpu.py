@@ -5,6 +5,8 @@ loader (cache, missing or failing compiler)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from helpers import HALF_DTYPES, assert_bits_equal
@@ -149,3 +151,42 @@ def test_unwritable_cache_is_reported(fresh_loader, monkeypatch, tmp_path):
     monkeypatch.setenv("STEP_CACHE_DIR", str(blocker))
     status = backend_status("cpu", "cpu")
     assert not status.available and "STEP_CACHE_DIR" in status.reason
+
+
+def _threaded_step(shapes):
+    torch.manual_seed(0)
+    params = [torch.randn(s) for s in shapes]
+    state = [[torch.randn(s) for s in shapes], [torch.rand(s) for s in shapes]]
+    grads = [torch.randn(s) for s in shapes]
+    with step.use_backend("adam_update=cpu"):
+        adam_update(params, grads, *state, lr=1e-2, **HYPER, weight_decay=0.1, step=3,
+                    v_step=3, update_v=True)  # fmt: skip
+    return [p.numpy().tobytes() for p in params]
+
+
+def _child(shapes, want):
+    os._exit(0 if _threaded_step(shapes) == want else 3)
+
+
+def test_a_forked_child_runs_the_threaded_step(monkeypatch):
+    """The parent's worker threads do not survive fork(): the child must not wait for them.
+
+    (The child runs no multi-threaded torch op: OpenMP itself does not survive fork.)
+    """
+    import multiprocessing
+
+    monkeypatch.setattr(cpu_backend, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(cpu_backend, "CHUNK", 1024)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # inherited by the child
+    cpu_backend._chunk_table.cache_clear()
+    shapes = [(300, 64), (1000, 40)]
+    try:
+        want = _threaded_step(shapes)  # the parent's pool now has a live thread
+        child = multiprocessing.get_context("fork").Process(target=_child, args=(shapes, want))
+        child.start()
+        child.join(timeout=60)
+    finally:
+        cpu_backend._chunk_table.cache_clear()
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0, "the child hung (None) or computed another result (3)"

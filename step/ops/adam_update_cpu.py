@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -52,6 +53,11 @@ def _function():
 @functools.cache
 def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="step-adam")
+
+
+# A child made by fork() inherits the pools but none of their threads: its work would wait
+# forever. It starts pools of its own instead.
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 @functools.lru_cache(maxsize=64)
