@@ -4,10 +4,12 @@ import functools
 
 import torch
 
+from step.ops.shapes import as_matrix
+
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:
     """``t [..., K]`` -> ``[T, K]`` with unit stride along K (a view where possible)."""
-    rows = t.reshape(-1, t.shape[-1])
+    rows = as_matrix(t)
     return rows if rows.stride(-1) == 1 else rows.contiguous()
 
 
@@ -42,6 +44,9 @@ def token_tile(n_tokens: int, dtype: torch.dtype) -> tuple[int, int]:
 
 @functools.cache
 def _sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA ``device``; 0 for any other device."""
+    if device.type != "cuda":
+        return 0
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
@@ -49,8 +54,6 @@ def decode_rows(n_out: int, device: torch.device, largest: int = 64) -> int:
     """Output rows per program in decode (one row of programs): the largest power of two
     from ``largest`` down to 16 that still gives two programs per SM, so that every SM
     streams weights (16 if none does; ``largest`` off a GPU)."""
-    if device.type != "cuda":
-        return largest
     rows = largest
     while rows > 16 and -(-n_out // rows) < 2 * _sm_count(device):
         rows //= 2

@@ -83,10 +83,10 @@ def nm_decompress_triton(
                         device=values.device)  # fmt: skip
     n_groups = values.numel() // n
     if n_groups:
-        mp = triton.next_power_of_2(m)
-        bg = group_block(mp)
+        mp, np_ = triton.next_power_of_2(m), triton.next_power_of_2(n)
+        bg = group_block(mp * np_, budget=4096)  # its [BG, MP, NP] position match
         _nm_decompress_kernel[(triton.cdiv(n_groups, bg),)](
             bits_view(values), indices, bits_view(dense), n_groups,
-            N=n, M=m, NP=triton.next_power_of_2(n), MP=mp, BG=bg,
+            N=n, M=m, NP=np_, MP=mp, BG=bg,
         )  # fmt: skip
     return dense

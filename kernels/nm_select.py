@@ -12,7 +12,8 @@ import triton.language as tl
 
 
 def group_block(mp: int, budget: int = 2048) -> int:
-    """Groups per program: ``budget`` elements (``[groups, mp]``) per program of 4 warps."""
+    """Groups per program: ``budget`` elements of ``[groups, mp]`` per program of 4 warps
+    (``mp``: elements per group, a power of two)."""
     return max(1, budget // mp)
 
 

@@ -36,6 +36,7 @@ from multiprocessing import get_context
 
 # dynamic shared memory one block may use (CUDA programming guide, compute capabilities)
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+SM_COUNT = {80: 108, 86: 84, 89: 128, 90: 132}  # A100, RTX 3090 / 4090-class, H100 SXM
 ALL_NM = ((1, 2), (2, 4), (1, 4), (2, 8), (1, 8), (4, 8), (16, 32))
 SOME_NM = ((2, 4), (1, 8))
 
@@ -78,13 +79,15 @@ def cases() -> list[Case]:
     """Every launcher over the dtypes, N:M ratios and tile branches it can take.
 
     Token counts: 1 (Triton specialises an integer equal to 1), 4 (the decode tiles,
-    <= 16 tokens), 64 and 200 (the two tiled paths). The tensors' contents are never read.
+    <= 16 tokens), 64, 100 (one 128-token block: the mask ranked in the matmul) and 200
+    (the mask ranked first). Decode tiles are sized for the target's SM count: 16 rows for
+    these 128-row weights, 64 rows for the one wide case. The contents are never read.
     """
     import torch
 
     from step import kernels as k
     from step.ops.nm_compress import nm_compress_ref
-    from step.ops.nm_positions import pack_positions
+    from step.ops.nm_positions import pack_positions, words_per_row
     from step.ops.sparse24 import to_sparse24_ref
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -105,7 +108,7 @@ def cases() -> list[Case]:
 
     for name, dt in dtypes.items():
         for n, m in ALL_NM if name == "fp16" else SOME_NM:
-            for tokens in (1, 4, 64, 200):
+            for tokens in (1, 4, 64, 100, 200):
                 weight = w(128, 256, dt)
                 x = w(tokens, 256, dt)
                 bias = w(1, 128, dt)[0]
@@ -155,7 +158,7 @@ def cases() -> list[Case]:
         add(f"from_sparse24 {name}", k.from_sparse24_triton, *to_sparse24_ref(w(64, 256, dt)))
         for k_in in (192, 256):  # decode BK = 64 or 128
             vals, meta = to_sparse24_ref(w(128, k_in, dt))
-            for tokens in (1, 4, 64, 200):
+            for tokens in (1, 4, 64, 100, 200):
                 add(
                     f"sparse24_linear {name} K={k_in} tokens={tokens}",
                     k.sparse24_linear_triton,
@@ -164,6 +167,18 @@ def cases() -> list[Case]:
                     meta,
                     w(1, 128, dt)[0],
                 )
+
+    # decode wide enough for the widest programs (64 rows; 32 for sparse24): 2 per SM
+    wide = 128 * max(SM_COUNT.values())
+    for n, m in ((2, 4), (1, 4)):
+        vals = torch.zeros(wide, 256 // m * n, dtype=torch.float16)
+        words = torch.zeros(wide, words_per_row(256 // m * n, m), dtype=torch.int32)
+        add(f"nm_linear fp16 {n}:{m} tokens=4 N={wide}", k.nm_linear_triton,
+            w(4, 256, torch.float16), vals, words, n, m, None)  # fmt: skip
+    vals = torch.zeros(wide, 128, dtype=torch.float16)
+    meta = torch.zeros(wide, 16, dtype=torch.int16)
+    add(f"sparse24_linear fp16 K=256 tokens=4 N={wide}", k.sparse24_linear_triton,
+        w(4, 256, torch.float16), vals, meta, None)  # fmt: skip
 
     phases = {  # (update_v, srste_decay, n, want_z, given masks)
         "dense AdamW": (True, 0.0, 0, False, False),
@@ -295,22 +310,24 @@ def compile_arch(arch: int, only: str = "") -> list[Compiled]:
     with the interpreter off, or its kernels are the interpreter's.
     """
     os.environ["TRITON_INTERPRET"] = "0"
+    from step.kernels import linear_io
+
+    # decode tiles depend on the SM count: size them for the target (the device is a CPU)
+    linear_io._sm_count = lambda device: SM_COUNT.get(arch, 132)
     records = []
     for case in cases():
         if only not in case.label:
             continue
+        error = None
         with compile_only(arch) as compiled:
             try:
                 case.call()
             except Exception as e:  # a compile error: record it, go on with the others
                 text = str(e).strip().splitlines()
-                records.append(
-                    Compiled(
-                        arch, case.label, error=f"{type(e).__name__}: " + (text[-1] if text else "")
-                    )
-                )
-                continue
+                error = f"{type(e).__name__}: " + (text[-1] if text else "")
         records += [describe(arch, case.label, *c) for c in compiled]
+        if error or not compiled:
+            records.append(Compiled(arch, case.label, error=error or "no kernel was launched"))
     return records
 
 

@@ -17,6 +17,8 @@ def test_token_tile_by_token_count_and_dtype():
 
 
 def test_decode_rows_give_every_sm_two_programs(monkeypatch):
+    assert linear_io._sm_count(torch.device("cpu")) == 0
+    assert decode_rows(4096, torch.device("cpu")) == 64  # no SMs: the widest programs
     gpu = torch.device("cuda", 0)
     monkeypatch.setattr(linear_io, "_sm_count", lambda device: 132)
     assert decode_rows(4096, gpu) == 16  # 256 programs of 16 rows; 32 rows would be 128
@@ -24,4 +26,3 @@ def test_decode_rows_give_every_sm_two_programs(monkeypatch):
     assert decode_rows(65536, gpu) == 64
     assert decode_rows(4096, gpu, largest=32) == 16
     assert decode_rows(64, gpu) == 16  # too few rows for two per SM at any size
-    assert decode_rows(4096, torch.device("cpu")) == 64

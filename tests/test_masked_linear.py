@@ -80,10 +80,11 @@ def fp64_masked(x, w, mask, b):
 
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n,m", RATIOS)
-@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (2, 32), (70,)])
+@pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (2, 32), (100,), (200,)])
 def test_triton_forward_mask_exact_and_output_within_rule(device, n, m, tokens):
     # K = 5 groups: never a multiple of the kernel's 64-column K step; ties are frequent.
-    # 70 tokens: two token blocks, so the mask is ranked once before the matmul.
+    # 100 tokens: one 128-token block ranks in the matmul; 200: two blocks, the mask is
+    # ranked once before the matmul.
     w = random_weights((40, 5 * m), torch.float16, device, ties=True)
     x = random_weights((*tokens, 5 * m), torch.float16, device)
     b = random_weights((40,), torch.float16, device)
@@ -143,6 +144,25 @@ def test_triton_input_gradient_within_rule(device, dtype, n, m, tokens):
         torch.testing.assert_close(dx, want.float(), rtol=2e-3, atol=2e-3)
     else:
         assert_within_tolerance_rule(dx, masked_linear_dx_ref(dy, w, mask, m), want)
+
+
+@pytest.mark.parametrize("tokens,ranked_first", [(128, False), (129, True), (64, False)])
+def test_triton_ranks_once_before_the_matmul_with_several_token_blocks(
+    monkeypatch, tokens, ranked_first
+):
+    from step.kernels import masked_linear as launcher
+
+    calls = []
+    rank = launcher.nm_mask_triton
+    monkeypatch.setattr(launcher, "nm_mask_triton", lambda *a: calls.append(a) or rank(*a))
+    w = random_weights((40, 32), torch.float16, "cpu", ties=True)
+    x = random_weights((tokens, 32), torch.float16, "cpu")
+    with step.use_backend("masked_linear=triton"):
+        y, mask = torch.ops.step.masked_linear(x, w, 2, 4, None, None)
+    assert len(calls) == int(ranked_first)
+    assert torch.equal(mask, nm_mask_ref(w, 2, 4))
+    ref, _ = masked_linear_ref(x, w, 2, 4, None)
+    assert_within_tolerance_rule(y, ref, fp64_masked(x, w, mask, None))
 
 
 def test_triton_computes_the_mask_with_no_tokens():

@@ -22,6 +22,7 @@ from ._triton import triton_launcher
 from .checks import check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_mask import check_nm_mask_args
+from .shapes import as_matrix
 
 
 def masked_linear_ref(
@@ -127,9 +128,9 @@ def _backward(ctx, grad_y: torch.Tensor, _grad_mask):
     grad_x = grad_w = grad_bias = None
     if ctx.needs_input_grad[0]:
         grad_x = torch.ops.step.masked_linear_dx(grad_y, w, mask, ctx.m)
-    dy = grad_y.reshape(-1, w.shape[0])
+    dy = as_matrix(grad_y)
     if ctx.needs_input_grad[1]:
-        grad_w = dy.t() @ x.reshape(-1, w.shape[1])  # STE: dense w gets dL/d(w*mask)
+        grad_w = dy.t() @ as_matrix(x)  # STE: dense w gets dL/d(w*mask)
     if ctx.has_bias and ctx.needs_input_grad[4]:
         grad_bias = dy.sum(0)
     return grad_x, grad_w, None, None, grad_bias, None

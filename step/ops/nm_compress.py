@@ -16,6 +16,7 @@ from ._triton import triton_launcher
 from .checks import check_nm, check_same_device, check_tensor
 from .dispatch import choose, register
 from .nm_mask import check_nm_mask_args, nm_mask_ref
+from .shapes import as_matrix
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,7 @@ class NMCompressed:
         once per object)."""
         from .nm_positions import pack_positions
 
-        return pack_positions(self.indices.reshape(-1, self.indices.shape[-1]), self.m)
+        return pack_positions(as_matrix(self.indices), self.m)
 
     def to(self, device: torch.device | str) -> NMCompressed:
         return NMCompressed(self.values.to(device), self.indices.to(device), self.n, self.m)

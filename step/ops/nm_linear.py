@@ -18,6 +18,7 @@ from .checks import check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_compress import NMCompressed, check_compressed_values, nm_decompress_ref
 from .nm_positions import check_packed_positions, unpack_positions
+from .shapes import as_matrix
 
 
 def nm_unpack_dense(values: torch.Tensor, positions: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -99,7 +100,7 @@ def _backward(ctx, grad_y: torch.Tensor):
     if ctx.needs_input_grad[0]:
         grad_x = grad_y @ nm_unpack_dense(values, positions, ctx.n, ctx.m)
     if ctx.has_bias and ctx.needs_input_grad[5]:
-        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+        grad_bias = as_matrix(grad_y).sum(0)
     return grad_x, None, None, None, None, grad_bias
 
 

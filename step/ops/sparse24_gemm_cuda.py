@@ -37,6 +37,7 @@ import torch
 from ..cuda import launch
 from .checks import HALF_DTYPES
 from .dispatch import register
+from .shapes import as_matrix
 from .sparse24 import _meta_offsets
 
 SOURCE = "sparse24_gemm.cu"
@@ -244,7 +245,7 @@ def sparse24_linear_cuda(
     if x.device.type != "cuda":
         raise ValueError(f"the CUDA 2:4 GEMM needs CUDA tensors, x is on {x.device}")
     n, k = values.shape[0], values.shape[1] * 2
-    x2 = _aligned(x.reshape(-1, k))
+    x2 = _aligned(as_matrix(x))
     m = x2.shape[0]
     if out is None:
         y = torch.empty((m, n), dtype=x.dtype, device=x.device)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from ._triton import triton_launcher
 from .checks import HALF_DTYPES, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
+from .shapes import as_matrix
 from .sparse24 import check_sparse24_args, from_sparse24_ref
 
 TRITON_MAX_TOKENS = 16
@@ -88,7 +89,7 @@ def _backward(ctx, grad_y: torch.Tensor):
     if ctx.needs_input_grad[0]:
         grad_x = grad_y @ torch.ops.step.sparse24_decompress(values, meta)
     if ctx.has_bias and ctx.needs_input_grad[3]:
-        grad_bias = grad_y.reshape(-1, grad_y.shape[-1]).sum(0)
+        grad_bias = as_matrix(grad_y).sum(0)
     return grad_x, None, None, grad_bias
 
 
