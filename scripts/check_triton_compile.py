@@ -310,6 +310,7 @@ def compile_arch(arch: int, only: str = "") -> list[Compiled]:
     with the interpreter off, or its kernels are the interpreter's.
     """
     os.environ["TRITON_INTERPRET"] = "0"
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, unwarned
     from step.kernels import linear_io
 
     # decode tiles depend on the SM count: size them for the target (the device is a CPU)
