@@ -35,10 +35,11 @@ def token_tile(n_tokens: int, dtype: torch.dtype) -> tuple[int, int]:
     registers), 64. Beyond, 128 tokens and 8 warps: each weight tile is loaded half as
     often, and a Hopper warpgroup's 64-row wgmma is filled twice.
     """
+    warps = 8 if dtype == torch.float32 else 4
     if n_tokens <= 16:
-        return 16, 8 if dtype == torch.float32 else 4
+        return 16, warps
     if n_tokens <= 64 or dtype == torch.float32:
-        return 64, 8 if dtype == torch.float32 else 4
+        return 64, warps
     return 128, 8
 
 
@@ -48,6 +49,12 @@ def _sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 0
     return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def output_rows(bm: int, n_out: int, device: torch.device, decode_largest: int = 64) -> int:
+    """Output rows per program for ``bm`` tokens per program: square tiles, except in
+    decode (``bm == 16``), where ``decode_rows`` sizes them."""
+    return decode_rows(n_out, device, decode_largest) if bm == 16 else bm
 
 
 def decode_rows(n_out: int, device: torch.device, largest: int = 64) -> int:

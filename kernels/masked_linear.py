@@ -24,7 +24,7 @@ import triton.language as tl
 from step.ops.float_bits import bits_view, magnitude_constants
 
 from . import INTERPRET, dot_precision
-from .linear_io import as_rows, decode_rows, token_tile
+from .linear_io import as_rows, linear_output, output_rows, token_tile
 from .nm_mask import nm_mask_triton
 from .nm_select import keep_top_n, magnitude_key
 
@@ -111,8 +111,7 @@ def masked_linear_tiles(
     """(BM, BN, BG, warps) of the forward kernel: token tile, output-row tile, groups per
     K step (BG * MP columns: 64 for m <= 64, at least the 16 ``tl.dot`` needs), warps."""
     bm, warps = token_tile(n_tokens, dtype)
-    bn = {16: decode_rows(n_out, device), 64: 64, 128: 128}[bm]
-    return bm, bn, groups_per_step(m), warps
+    return bm, output_rows(bm, n_out, device), groups_per_step(m), warps
 
 
 def groups_per_step(m: int) -> int:
@@ -133,7 +132,7 @@ def masked_linear_triton(
     k_in, n_out = w.shape[1], w.shape[0]
     x2 = as_rows(x)
     n_tokens = x2.shape[0]
-    y = torch.empty((n_tokens, n_out), dtype=x.dtype, device=x.device)
+    y, _ = linear_output(x2, n_out, bias)  # final if K == 0; the kernel writes it otherwise
     bm, bn, bg, warps = masked_linear_tiles(n_tokens, m, x.dtype, n_out, x.device)
     if mask is None and n_out and k_in and n_tokens > bm:
         # every block of tokens would rank the same weight tiles again: rank them once
@@ -156,8 +155,6 @@ def masked_linear_triton(
             UPCAST=INTERPRET and x.dtype == torch.bfloat16,
             PRECISION=dot_precision(x.dtype), BM=bm, BN=bn, BG=bg, num_warps=warps,
         )  # fmt: skip
-    elif n_tokens and n_out:  # K == 0: an empty sum
-        y.copy_(bias.expand_as(y) if bias is not None else torch.zeros_like(y))
     return y.reshape(*x.shape[:-1], n_out), mask_i8.view(torch.bool)
 
 

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from . import INTERPRET, dot_precision
-from .linear_io import as_rows, decode_rows, linear_output, token_tile
+from .linear_io import as_rows, linear_output, output_rows, token_tile
 
 
 @triton.jit
@@ -77,8 +77,8 @@ def nm_linear_tiles(
     bm, warps = token_tile(n_tokens, dtype)
     step_columns = 128 if bm == 16 else 64
     bg = max(1, min(step_columns // mp, 8192 // (16 * np_ * mp)))
-    widest = {16: decode_rows(n_out, device), 64: 64, 128: 128}[bm]
-    bn = max(16, min(widest, triton.next_power_of_2(8192 // (bg * np_ * mp))))
+    scatter_rows = triton.next_power_of_2(8192 // (bg * np_ * mp))
+    bn = max(16, min(output_rows(bm, n_out, device), scatter_rows))
     return bm, bn, bg, warps
 
 

@@ -12,7 +12,7 @@ import triton.language as tl
 
 from . import INTERPRET
 from .cutlass_layout import cutlass_meta_offset
-from .linear_io import as_rows, decode_rows, linear_output, token_tile
+from .linear_io import as_rows, linear_output, output_rows, token_tile
 
 
 @triton.jit
@@ -57,9 +57,8 @@ def _tiles(
 ) -> tuple[int, int, int, int]:
     """(BM, BN, BK, warps); BK must divide K, which is a multiple of 64."""
     bm, warps = token_tile(n_tokens, dtype)
-    if bm == 16:  # decode: long K strips, output rows so that every SM streams
-        return 16, decode_rows(n_out, device, largest=32), 128 if k_in % 128 == 0 else 64, warps
-    return bm, bm, 64, warps
+    bk = 128 if bm == 16 and k_in % 128 == 0 else 64  # decode: long K strips
+    return bm, output_rows(bm, n_out, device, decode_largest=32), bk, warps
 
 
 def sparse24_linear_triton(

@@ -291,15 +291,12 @@ def describe(arch: int, label: str, name: str, kernel, seconds: float) -> Compil
         kernel.metadata.shared,
         seconds=round(seconds, 2),
     )
-    usage = re.search(
-        r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)",
-        _cuobjdump(kernel.asm["cubin"], "--dump-resource-usage"),
-    )
+    dump = _cuobjdump(kernel.asm["cubin"], "--dump-resource-usage", "-sass")
+    usage = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", dump)
     if usage:
         rec.registers = int(usage[1])
         rec.local = int(usage[2]) + int(usage[3])
-    sass = _cuobjdump(kernel.asm["cubin"], "-sass")
-    rec.tensor_cores = "wgmma" if "HGMMA" in sass else "mma" if "HMMA" in sass else "-"
+    rec.tensor_cores = "wgmma" if "HGMMA" in dump else "mma" if "HMMA" in dump else "-"
     return rec
 
 
