@@ -7,7 +7,8 @@ chunks of ``BG`` groups: it loads the chunk's ``[BN, BG, n]`` values and their p
 into a dense ``[BN, BG, MP]`` tile in registers (MP = next power of two >= m; lanes
 past m are zero, as are the matching x lanes) and feeds ``tl.dot``. With at most
 ``BM`` tokens the grid has one row of programs, so every weight byte is read once
-(weight streaming: decode); more tokens tile y and re-read W per token block.
+(weight streaming); more tokens tile y and re-read W per token block. Up to 16 tokens
+with m <= 8, the decode kernel (``nm_linear_decode``) runs instead.
 Reference: ``step.ops.nm_linear.nm_linear_ref``.
 """
 
@@ -17,6 +18,7 @@ import triton.language as tl
 
 from . import INTERPRET, dot_precision
 from .linear_io import as_rows, linear_output, output_rows, token_tile
+from .nm_linear_decode import TOKENS, nm_linear_decode_triton
 
 
 @triton.jit
@@ -98,6 +100,9 @@ def nm_linear_triton(
     n_out = values.shape[0]
     x2 = as_rows(x)
     n_tokens = x2.shape[0]
+    if n_tokens <= TOKENS and triton.next_power_of_2(m) <= 8:
+        y = nm_linear_decode_triton(x2, values, positions, n, m, bias)
+        return y.reshape(*x.shape[:-1], n_out)
     y, done = linear_output(x2, n_out, bias)
     if done:
         return y.reshape(*x.shape[:-1], n_out)

@@ -175,6 +175,13 @@ def cases() -> list[Case]:
         words = torch.zeros(wide, words_per_row(256 // m * n, m), dtype=torch.int32)
         add(f"nm_linear fp16 {n}:{m} tokens=4 N={wide}", k.nm_linear_triton,
             w(4, 256, torch.float16), vals, words, n, m, None)  # fmt: skip
+    # decode with the K range split (16 row blocks of 1024 rows, 2048 columns)
+    for name in ("fp16", "bf16"):
+        for n, m in ((1, 2), (2, 4), (1, 4), (2, 8), (1, 8), (4, 8)):
+            vals = torch.zeros(1024, 2048 // m * n, dtype=dtypes[name])
+            words = torch.zeros(1024, words_per_row(2048 // m * n, m), dtype=torch.int32)
+            add(f"nm_linear {name} {n}:{m} tokens=1 N=1024 K=2048 split", k.nm_linear_triton,
+                w(1, 2048, dtypes[name]), vals, words, n, m, None)  # fmt: skip
     vals = torch.zeros(wide, 128, dtype=torch.float16)
     meta = torch.zeros(wide, 16, dtype=torch.int16)
     add(f"sparse24_linear fp16 K=256 tokens=4 N={wide}", k.sparse24_linear_triton,
