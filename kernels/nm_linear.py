@@ -3,7 +3,7 @@
 W ``[N, K]`` arrives as ``values [N, G*n]`` and bit-packed positions (``b`` bits each,
 ``step.ops.nm_positions``). Each program owns a ``[BM, BN]`` tile of y and walks K in
 chunks of ``BG`` groups: it loads the chunk's ``[BN, BG, n]`` values and their positions
-(two int32 words combined into 64 bits, so entries may straddle words), scatters them
+(``nm_step``: whole words where possible, else the two words an entry straddles), scatters them
 into a dense ``[BN, BG, MP]`` tile in registers (MP = next power of two >= m; lanes
 past m are zero, as are the matching x lanes) and feeds ``tl.dot``. With at most
 ``BM`` tokens the grid has one row of programs, so every weight byte is read once
@@ -19,6 +19,7 @@ import triton.language as tl
 from . import INTERPRET, dot_precision
 from .linear_io import as_rows, linear_output, output_rows, token_tile
 from .nm_linear_decode import TOKENS, nm_linear_decode_triton
+from .nm_step import load_kept_step, load_x_step
 
 
 @triton.jit
@@ -33,31 +34,19 @@ def _nm_linear_kernel(
     m_ok = rm < n_tokens
     n_ok = rn < n_out
     lane = tl.arange(0, MP)
-    slot = tl.arange(0, NP)
     kept_per_row = n_groups * N
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for g0 in range(0, n_groups, BG):
         g = g0 + tl.arange(0, BG)
         g_ok = g < n_groups
-        # x chunk [BM, BG, MP]: columns g*M + lane
-        col = g[None, :, None] * M + lane[None, None, :]
-        x_ok = m_ok[:, None, None] & g_ok[None, :, None] & (lane < M)[None, None, :]
-        xt = tl.load(x + rm[:, None, None] * stride_x + col, mask=x_ok, other=0.0)
-        # kept entries [BN, BG, NP]: entry e = g*N + s of each row
-        entry = g[None, :, None] * N + slot[None, None, :]
-        e_ok = n_ok[:, None, None] & g_ok[None, :, None] & (slot < N)[None, None, :]
-        vals = tl.load(values + rn[:, None, None] * kept_per_row + entry, mask=e_ok, other=0.0)
-        bit = entry * BITS
-        w_ptr = words + rn[:, None, None] * words_per_row + bit // 32
-        lo = tl.load(w_ptr, mask=e_ok, other=0).to(tl.int64) & 0xFFFFFFFF
-        hi_ok = e_ok & (bit // 32 + 1 < words_per_row)
-        hi = tl.load(w_ptr + 1, mask=hi_ok, other=0).to(tl.int64) & 0xFFFFFFFF
-        pos = (((hi << 32) | lo) >> (bit % 32)) & ((1 << BITS) - 1)  # [BN, BG, NP]
+        xt = load_x_step(x, rm, m_ok, stride_x, g, g_ok, M, MP)  # [BM, BG, MP]
+        vals, pos = load_kept_step(values, words, rn, n_ok, kept_per_row, words_per_row,
+                                   g0, g, g_ok, N, NP, BITS, BN, BG)  # fmt: skip
         if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
             xt = xt.to(tl.float32)
             vals = vals.to(tl.float32)
         hit = pos[:, :, :, None] == lane[None, None, None, :]  # [BN, BG, NP, MP]
-        dense = tl.sum(tl.where(hit & e_ok[:, :, :, None], vals[:, :, :, None], 0.0), axis=2)
+        dense = tl.sum(tl.where(hit, vals[:, :, :, None], 0.0), axis=2)  # 0 where masked
         w_tile = tl.reshape(dense.to(xt.dtype), (BN, BG * MP))
         acc += tl.dot(tl.reshape(xt, (BM, BG * MP)), tl.trans(w_tile), input_precision=PRECISION)
     if HAS_BIAS:

@@ -23,35 +23,9 @@ import triton.language as tl
 
 from . import INTERPRET, dot_precision
 from .linear_io import linear_output
+from .nm_step import load_kept_step, load_x_step
 
 TOKENS = 16  # tl.dot's smallest dimension: 1 to 16 tokens share one [16, K] tile of x
-
-
-@triton.jit
-def _step_positions(words, rn, n_ok, words_per_row, g0, entry, e_ok,
-                    N: tl.constexpr, NP: tl.constexpr, BITS: tl.constexpr,
-                    BN: tl.constexpr, BG: tl.constexpr):  # fmt: skip
-    """Packed positions of ``entry [BN, BG, NP]`` (the step's kept entries from group
-    ``g0`` on) of rows ``rn``, as int32."""
-    if (32 % BITS == 0) and (N == NP) and ((BG * N * BITS) % 32 == 0):
-        # whole words: the step starts on a word (BG*N*BITS is a multiple of 32), each
-        # word is loaded once and unpacked with shifts known at compile time
-        PER_WORD: tl.constexpr = 32 // BITS
-        word = g0 * N // PER_WORD + tl.arange(0, BG * N // PER_WORD)
-        w_ok = n_ok[:, None] & (word < words_per_row)[None, :]
-        packed = tl.load(words + rn[:, None] * words_per_row + word[None, :], mask=w_ok, other=0)
-        shift = tl.arange(0, PER_WORD) * BITS
-        pos = (packed[:, :, None] >> shift[None, None, :]) & ((1 << BITS) - 1)
-        return tl.reshape(pos, (BN, BG, NP))
-    bit = entry * BITS
-    w_ptr = words + rn[:, None, None] * words_per_row + bit // 32
-    lo = tl.load(w_ptr, mask=e_ok, other=0).to(tl.uint32, bitcast=True)
-    hi_ok = e_ok & (bit // 32 + 1 < words_per_row)
-    hi = tl.load(w_ptr + 1, mask=hi_ok, other=0).to(tl.uint32, bitcast=True)
-    shift = (bit % 32).to(tl.uint32)
-    # 32-bit funnel shift: (hi << 1) << (31 - shift) is hi << (32 - shift), 0 for shift 0
-    pos = ((lo >> shift) | ((hi << 1) << (31 - shift))) & ((1 << BITS) - 1)
-    return pos.to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -100,8 +74,6 @@ def _nm_linear_decode_kernel(
     rt = tl.arange(0, BT)
     n_ok = rn < n_out
     t_ok = rt < n_tokens
-    lane = tl.arange(0, MP)
-    slot = tl.arange(0, NP)
     kept_per_row = n_groups * N
     g_begin = split * groups_per_split
     g_end = tl.minimum(g_begin + groups_per_split, n_groups)
@@ -109,14 +81,9 @@ def _nm_linear_decode_kernel(
     for g0 in range(g_begin, g_end, BG):
         g = g0 + tl.arange(0, BG)
         g_ok = g < g_end
-        col = g[None, :, None] * M + lane[None, None, :]
-        x_ok = t_ok[:, None, None] & g_ok[None, :, None] & (lane < M)[None, None, :]
-        xt = tl.load(x + rt[:, None, None] * stride_x + col, mask=x_ok, other=0.0)
-        # kept entries [BN, BG, NP]: entry e = g*N + s of each row
-        entry = g[None, :, None] * N + slot[None, None, :]
-        e_ok = n_ok[:, None, None] & g_ok[None, :, None] & (slot < N)[None, None, :]
-        vals = tl.load(values + rn[:, None, None] * kept_per_row + entry, mask=e_ok, other=0.0)
-        pos = _step_positions(words, rn, n_ok, words_per_row, g0, entry, e_ok, N, NP, BITS, BN, BG)
+        xt = load_x_step(x, rt, t_ok, stride_x, g, g_ok, M, MP)  # [BT, BG, MP]
+        vals, pos = load_kept_step(values, words, rn, n_ok, kept_per_row, words_per_row,
+                                   g0, g, g_ok, N, NP, BITS, BN, BG)  # fmt: skip
         if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
             xt = xt.to(tl.float32)
             vals = vals.to(tl.float32)
