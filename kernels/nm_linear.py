@@ -39,12 +39,9 @@ def _nm_linear_kernel(
     for g0 in range(0, n_groups, BG):
         g = g0 + tl.arange(0, BG)
         g_ok = g < n_groups
-        xt = load_x_step(x, rm, m_ok, stride_x, g, g_ok, M, MP)  # [BM, BG, MP]
+        xt = load_x_step(x, rm, m_ok, stride_x, g, g_ok, M, MP, UPCAST)  # [BM, BG, MP]
         vals, pos = load_kept_step(values, words, rn, n_ok, kept_per_row, words_per_row,
-                                   g0, g, g_ok, N, NP, BITS, BN, BG)  # fmt: skip
-        if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
-            xt = xt.to(tl.float32)
-            vals = vals.to(tl.float32)
+                                   g0, g, g_ok, N, NP, BITS, BN, BG, UPCAST)  # fmt: skip
         hit = pos[:, :, :, None] == lane[None, None, None, :]  # [BN, BG, NP, MP]
         dense = tl.sum(tl.where(hit, vals[:, :, :, None], 0.0), axis=2)  # 0 where masked
         w_tile = tl.reshape(dense.to(xt.dtype), (BN, BG * MP))

@@ -81,12 +81,9 @@ def _nm_linear_decode_kernel(
     for g0 in range(g_begin, g_end, BG):
         g = g0 + tl.arange(0, BG)
         g_ok = g < g_end
-        xt = load_x_step(x, rt, t_ok, stride_x, g, g_ok, M, MP)  # [BT, BG, MP]
+        xt = load_x_step(x, rt, t_ok, stride_x, g, g_ok, M, MP, UPCAST)  # [BT, BG, MP]
         vals, pos = load_kept_step(values, words, rn, n_ok, kept_per_row, words_per_row,
-                                   g0, g, g_ok, N, NP, BITS, BN, BG)  # fmt: skip
-        if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
-            xt = xt.to(tl.float32)
-            vals = vals.to(tl.float32)
+                                   g0, g, g_ok, N, NP, BITS, BN, BG, UPCAST)  # fmt: skip
         w_step = _scatter(vals, pos, MP, BN, BG).to(xt.dtype)
         acc += tl.dot(tl.reshape(xt, (BT, BG * MP)), tl.trans(w_step), input_precision=PRECISION)
     out_ok = t_ok[:, None] & n_ok[None, :]

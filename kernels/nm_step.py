@@ -10,26 +10,30 @@ import triton.language as tl
 
 
 @triton.jit
-def load_x_step(x, rows, rows_ok, stride_x, g, g_ok, M: tl.constexpr, MP: tl.constexpr):
-    """x's columns ``g*M + lane`` for ``rows``: ``[rows, BG, MP]``, 0 past M and masked."""
+def load_x_step(x, rows, rows_ok, stride_x, g, g_ok, M: tl.constexpr, MP: tl.constexpr,
+                UPCAST: tl.constexpr):  # fmt: skip
+    """x's columns ``g*M + lane`` for ``rows``: ``[rows, BG, MP]``, 0 past M and masked;
+    float32 with ``UPCAST`` (the Triton interpreter gets bf16 dot products wrong)."""
     lane = tl.arange(0, MP)
     col = g[None, :, None] * M + lane[None, None, :]
     ok = rows_ok[:, None, None] & g_ok[None, :, None] & (lane < M)[None, None, :]
-    return tl.load(x + rows[:, None, None] * stride_x + col, mask=ok, other=0.0)
+    xt = tl.load(x + rows[:, None, None] * stride_x + col, mask=ok, other=0.0)
+    return xt.to(tl.float32) if UPCAST else xt
 
 
 @triton.jit
 def load_kept_step(values, words, rn, n_ok, kept_per_row, words_per_row, g0, g, g_ok,
                    N: tl.constexpr, NP: tl.constexpr, BITS: tl.constexpr,
-                   BN: tl.constexpr, BG: tl.constexpr):  # fmt: skip
+                   BN: tl.constexpr, BG: tl.constexpr, UPCAST: tl.constexpr):  # fmt: skip
     """``(values, positions)`` of the step's kept entries, ``[BN, BG, NP]`` each; ``g`` are
-    the groups ``g0 + arange(BG)``. Masked entries are value 0 at position 0."""
+    the groups ``g0 + arange(BG)``. Masked entries are value 0 at position 0. Values in
+    float32 with ``UPCAST``."""
     slot = tl.arange(0, NP)
     entry = g[None, :, None] * N + slot[None, None, :]
     e_ok = n_ok[:, None, None] & g_ok[None, :, None] & (slot < N)[None, None, :]
     vals = tl.load(values + rn[:, None, None] * kept_per_row + entry, mask=e_ok, other=0.0)
     pos = _step_positions(words, rn, n_ok, words_per_row, g0, entry, e_ok, N, NP, BITS, BN, BG)
-    return vals, pos
+    return (vals.to(tl.float32) if UPCAST else vals), pos
 
 
 @triton.jit
