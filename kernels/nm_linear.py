@@ -19,7 +19,7 @@ import triton.language as tl
 from . import INTERPRET, dot_precision
 from .linear_io import as_rows, linear_output, output_rows, token_tile
 from .nm_linear_decode import TOKENS, nm_linear_decode_triton
-from .nm_step import load_kept_step, load_x_step
+from .nm_step import load_kept_step, load_x_step, store_y
 
 
 @triton.jit
@@ -46,10 +46,7 @@ def _nm_linear_kernel(
         dense = tl.sum(tl.where(hit, vals[:, :, :, None], 0.0), axis=2)  # 0 where masked
         w_tile = tl.reshape(dense.to(xt.dtype), (BN, BG * MP))
         acc += tl.dot(tl.reshape(xt, (BM, BG * MP)), tl.trans(w_tile), input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = y + rm[:, None] * stride_y + rn[None, :]
-    tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+    store_y(acc, y, bias, rn, rm, n_ok, m_ok[:, None] & n_ok[None, :], stride_y, HAS_BIAS)
 
 
 def nm_linear_tiles(

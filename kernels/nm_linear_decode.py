@@ -23,7 +23,7 @@ import triton.language as tl
 
 from . import INTERPRET, dot_precision
 from .linear_io import linear_output
-from .nm_step import load_kept_step, load_x_step
+from .nm_step import load_kept_step, load_x_step, store_y
 
 TOKENS = 16  # tl.dot's smallest dimension: 1 to 16 tokens share one [16, K] tile of x
 
@@ -88,7 +88,7 @@ def _nm_linear_decode_kernel(
         acc += tl.dot(tl.reshape(xt, (BT, BG * MP)), tl.trans(w_step), input_precision=PRECISION)
     out_ok = t_ok[:, None] & n_ok[None, :]
     if SPLIT == 1:
-        _store_y(acc, y, bias, rn, rt, n_ok, out_ok, stride_y, HAS_BIAS)
+        store_y(acc, y, bias, rn, rt, n_ok, out_ok, stride_y, HAS_BIAS)
     else:
         mine = partial + (split * BT + rt[:, None]) * n_out + rn[None, :]
         tl.store(mine, acc, mask=out_ok)
@@ -101,16 +101,7 @@ def _nm_linear_decode_kernel(
                 theirs = partial + (s * BT + rt[:, None]) * n_out + rn[None, :]
                 total += tl.load(theirs, mask=out_ok, other=0.0, cache_modifier=".cg")
             tl.atomic_xchg(arrivals + block, 0)  # ready for the next launch on this stream
-            _store_y(total, y, bias, rn, rt, n_ok, out_ok, stride_y, HAS_BIAS)
-
-
-@triton.jit
-def _store_y(acc, y, bias, rn, rt, n_ok, out_ok, stride_y, HAS_BIAS: tl.constexpr):
-    """y[t, r] = acc[t, r] + bias[r], in y's dtype."""
-    if HAS_BIAS:
-        acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = y + rt[:, None] * stride_y + rn[None, :]
-    tl.store(out, acc.to(y.dtype.element_ty), mask=out_ok)
+            store_y(total, y, bias, rn, rt, n_ok, out_ok, stride_y, HAS_BIAS)
 
 
 # one arrival counter per row block, per (device, stream): launches on one stream run in

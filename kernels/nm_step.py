@@ -1,4 +1,4 @@
-"""Loading one K step of an N:M compressed weight and of x, shared by the nm_linear kernels.
+"""One K step of an N:M compressed weight and of x, and y's store: the nm_linear kernels' parts.
 
 A step covers groups ``g`` (``[BG]``) of rows ``rn`` (``[BN]``): the kept values
 ``[BN, BG, NP]`` (entry ``e = g*N + s`` of each row, zero where masked), their positions
@@ -61,3 +61,12 @@ def _step_positions(words, rn, n_ok, words_per_row, g0, entry, e_ok,
     # 32-bit funnel shift: (hi << 1) << (31 - shift) is hi << (32 - shift), 0 for shift 0
     pos = ((lo >> shift) | ((hi << 1) << (31 - shift))) & ((1 << BITS) - 1)
     return pos.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def store_y(acc, y, bias, rn, rt, n_ok, out_ok, stride_y, HAS_BIAS: tl.constexpr):
+    """y[t, r] = acc[t, r] + bias[r] (``acc [tokens, BN]`` float32), in y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
+    out = y + rt[:, None] * stride_y + rn[None, :]
+    tl.store(out, acc.to(y.dtype.element_ty), mask=out_ok)

@@ -52,3 +52,26 @@ def kernel_devices() -> list:
     """Devices on which the Triton kernels are tested: the CPU (interpreter) and, when
     present, the GPU (marked ``gpu``)."""
     return ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def nm_linear_case(n, m, n_out, k, tokens, dtype, device, bias=True):
+    """``(x [*tokens, k], c = nm_compress(w [n_out, k], n, m), bias [n_out] or None)``,
+    fresh random, with one all-zero group in w."""
+    import step
+
+    w = random_weights((n_out, k), dtype, device)
+    w[0, :m] = 0.0
+    c = step.nm_compress(w, n, m)
+    x = random_weights((*tokens, k), dtype, device)
+    b = random_weights((n_out,), dtype, device) if bias else None
+    return x, c, b
+
+
+def nm_linear_fp64(x, c, b):
+    """``x @ W.T + b`` in float64 for the compressed weight ``c``."""
+    import torch.nn.functional as F
+
+    import step
+
+    dense = step.nm_decompress(c).double()
+    return F.linear(x.double(), dense, b.double() if b is not None else None)

@@ -3,7 +3,15 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from helpers import DTYPES, RATIOS, assert_within_tolerance_rule, kernel_devices, random_weights
+from helpers import (
+    DTYPES,
+    RATIOS,
+    assert_within_tolerance_rule,
+    kernel_devices,
+    nm_linear_case,
+    nm_linear_fp64,
+    random_weights,
+)
 from step.kernels.nm_linear import nm_linear_tiles
 
 import step
@@ -32,31 +40,17 @@ def test_position_bits_per_ratio():
     assert words_per_row(4096 // 4, 4) == 4096 // 4 * 2 // 32
 
 
-def case(n, m, n_out, k, tokens, dtype, device, bias):
-    w = random_weights((n_out, k), dtype, device)
-    w[0, :m] = 0.0  # an all-zero group: its kept values are zeros
-    c = step.nm_compress(w, n, m)
-    x = random_weights((*tokens, k), dtype, device)
-    b = random_weights((n_out,), dtype, device) if bias else None
-    return x, c, b
-
-
-def fp64_result(x, c, b):
-    dense = step.nm_decompress(c).double()
-    return F.linear(x.double(), dense, b.double() if b is not None else None)
-
-
 @pytest.mark.parametrize("device", kernel_devices())
 @pytest.mark.parametrize("n,m", RATIOS)
 @pytest.mark.parametrize("tokens", [(1,), (3,), (17,), (2, 32), (130,)])
 def test_triton_matches_the_reference(device, n, m, tokens):
     # K = 5 groups of m: never a multiple of the kernel's K step (64 columns)
-    x, c, b = case(n, m, 24, 5 * m, tokens, torch.float16, device, bias=True)
+    x, c, b = nm_linear_case(n, m, 24, 5 * m, tokens, torch.float16, device, bias=True)
     with step.use_backend("nm_linear=triton"):
         y = step.nm_linear(x, c, b)
     assert y.shape == (*tokens, 24) and y.dtype == torch.float16
     ref = nm_linear_ref(x, c.values, c.positions, n, m, b)
-    assert_within_tolerance_rule(y, ref, fp64_result(x, c, b))
+    assert_within_tolerance_rule(y, ref, nm_linear_fp64(x, c, b))
 
 
 @pytest.mark.parametrize("device", kernel_devices())
@@ -64,19 +58,19 @@ def test_triton_matches_the_reference(device, n, m, tokens):
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("n_out,k", [(17, 96), (70, 200)])
 def test_triton_dtypes_and_ragged_shapes(device, dtype, bias, n_out, k):
-    x, c, b = case(1, 4, n_out, k, (5,), dtype, device, bias)
+    x, c, b = nm_linear_case(1, 4, n_out, k, (5,), dtype, device, bias)
     with step.use_backend("nm_linear=triton"):
         y = step.nm_linear(x, c, b)
     assert y.dtype == dtype and torch.isfinite(y).all()
     if dtype == torch.float32:  # TF32 would be allowed on a GPU; the reference is IEEE
-        torch.testing.assert_close(y, fp64_result(x, c, b).float(), rtol=2e-3, atol=2e-3)
+        torch.testing.assert_close(y, nm_linear_fp64(x, c, b).float(), rtol=2e-3, atol=2e-3)
     else:
         ref = nm_linear_ref(x, c.values, c.positions, 1, 4, b)
-        assert_within_tolerance_rule(y, ref, fp64_result(x, c, b))
+        assert_within_tolerance_rule(y, ref, nm_linear_fp64(x, c, b))
 
 
 def test_triton_writes_every_output_and_handles_empty_inputs():
-    x, c, b = case(2, 8, 33, 64, (64,), torch.float32, "cpu", bias=False)
+    x, c, b = nm_linear_case(2, 8, 33, 64, (64,), torch.float32, "cpu", bias=False)
     with step.use_backend("nm_linear=triton"):
         y = step.nm_linear(x, c, b)
         assert torch.isfinite(y).all()
@@ -101,7 +95,7 @@ def triton_pow2(m: int) -> int:
 
 @pytest.mark.parametrize("backend", ["reference", "triton"])
 def test_gradients_reach_x_and_bias(backend):
-    x, c, b = case(1, 4, 12, 32, (3, 2), torch.float32, "cpu", bias=True)
+    x, c, b = nm_linear_case(1, 4, 12, 32, (3, 2), torch.float32, "cpu", bias=True)
     x.requires_grad_(True)
     b.requires_grad_(True)
     with step.use_backend(f"nm_linear={backend}"):
@@ -127,7 +121,7 @@ def test_compressed_weight_keeps_positions_packed():
 
 
 def test_bad_positions_are_refused_before_any_kernel():
-    x, c, _ = case(2, 4, 8, 32, (2,), torch.float16, "cpu", bias=False)
+    x, c, _ = nm_linear_case(2, 4, 8, 32, (2,), torch.float16, "cpu", bias=False)
     with pytest.raises(ValueError, match=r"positions has shape \(8, 16\).*expected int32"):
         torch.ops.step.nm_linear(x, c.values, c.indices, 2, 4, None)
     with pytest.raises(ValueError, match="x's last dim must be 32"):
@@ -139,8 +133,8 @@ def test_bad_positions_are_refused_before_any_kernel():
 @pytest.mark.parametrize("tokens", [1, 16, 256])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_gpu_real_sizes(n, m, tokens, dtype):
-    x, c, b = case(n, m, 4096, 4096, (tokens,), dtype, "cuda", bias=True)
+    x, c, b = nm_linear_case(n, m, 4096, 4096, (tokens,), dtype, "cuda", bias=True)
     with step.use_backend("nm_linear=triton"):
         y = step.nm_linear(x, c, b)
     ref = nm_linear_ref(x, c.values, c.positions, n, m, b)
-    assert_within_tolerance_rule(y, ref, fp64_result(x, c, b))
+    assert_within_tolerance_rule(y, ref, nm_linear_fp64(x, c, b))

@@ -2,8 +2,7 @@
 
 import pytest
 import torch
-import torch.nn.functional as F
-from helpers import assert_within_tolerance_rule, kernel_devices, random_weights
+from helpers import assert_within_tolerance_rule, kernel_devices, nm_linear_case, nm_linear_fp64
 from step.kernels import nm_linear_decode as decode
 
 import step
@@ -11,20 +10,14 @@ from step.ops import nm_linear_ref
 
 
 def case(n, m, n_out, k, tokens, dtype, device, bias=True):
-    w = random_weights((n_out, k), dtype, device)
-    w[0, :m] = 0.0  # an all-zero group
-    c = step.nm_compress(w, n, m)
-    x = random_weights((tokens, k), dtype, device)
-    b = random_weights((n_out,), dtype, device) if bias else None
-    return x, c, b
+    return nm_linear_case(n, m, n_out, k, (tokens,), dtype, device, bias)
 
 
 def check(x, c, b, tiles):
     y = decode.nm_linear_decode_triton(x, c.values, c.positions, c.n, c.m, b, tiles)
     assert y.shape == (x.shape[0], c.shape[0]) and y.dtype == x.dtype
     ref = nm_linear_ref(x, c.values, c.positions, c.n, c.m, b)
-    dense = step.nm_decompress(c).double()
-    fp64 = F.linear(x.double(), dense, b.double() if b is not None else None)
+    fp64 = nm_linear_fp64(x, c, b)
     if x.dtype == torch.float32:  # TF32 would be allowed on a GPU; the reference is IEEE
         torch.testing.assert_close(y, fp64.float(), rtol=2e-3, atol=2e-3)
     else:
@@ -99,7 +92,7 @@ def test_nm_linear_takes_the_decode_kernel_up_to_16_tokens(monkeypatch):
         assert_within_tolerance_rule(
             y,
             nm_linear_ref(x, c.values, c.positions, n, m, b),
-            F.linear(x.double(), step.nm_decompress(c).double(), b.double()),
+            nm_linear_fp64(x, c, b),
         )
         assert (calls[-1:] == [tokens]) == used
         calls.clear()
