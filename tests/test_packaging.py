@@ -21,6 +21,24 @@ def test_installed_package_has_kernels_and_sources():
     assert all(p.is_file() and p.suffix == ".cu" for p in cuda_sources())
 
 
+def test_checkout_root_does_not_shadow_hugging_face_kernels():
+    """From the checkout's root (``python -m pytest``, ``python -c``) the checkout's
+    ``kernels/`` folder must not hide Hugging Face's ``kernels`` package, which
+    ``transformers`` imports; ``step.kernels`` stays ours."""
+    probe = (
+        "import kernels, step.kernels, step.kernels.nm_mask as ours, transformers.integrations;"
+        "from kernels import get_kernel;"  # Hugging Face's API, absent from ours
+        "print(kernels.__file__); print(ours.__file__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    hf_file, ours_file = (Path(line) for line in done.stdout.splitlines())
+    assert not hf_file.resolve().is_relative_to(ROOT), hf_file
+    assert ours_file.name == "nm_mask.py" and ours_file.parent.name == "kernels"
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
