@@ -7,6 +7,10 @@
 * the backends: why one cannot be timed, which one ``auto`` resolves to
 * the results: the run header (device, versions, date, git commit, timer), the first
   lines of the Markdown report, and writing ``<name>-<device>-<date>.json`` and ``.md``
+* ``--quick`` timing (:data:`QUICK_TIMING`) and ``--jsonl``: :class:`CaseLog` appends each
+  case as one JSON line the moment it is measured, with summary rows
+  (:func:`compare`, :func:`summary_row`: ours against its baseline), so a run killed at a
+  deadline (``scripts/gpu_session.py``) keeps every case it finished
 
 Not a module of the ``step`` package: the runners import it as a sibling file (they run as
 scripts from this folder, and pytest puts this folder on ``sys.path``).
@@ -38,6 +42,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 L2_FLUSH_BYTES = 256 * 2**20
 TIMING_DEFAULTS = {"cuda": {"reps": 100, "warmup": 10}, "cpu": {"reps": 20, "warmup": 3}}
 """Default ``--reps`` and ``--warmup`` per device type."""
+QUICK_TIMING = {"reps": 20, "warmup": 3}
+"""Default ``--reps`` and ``--warmup`` of a runner's ``--quick`` mode, on any device."""
 
 
 # ---------------------------------------------------------------- command line
@@ -54,9 +60,16 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Add ``--out``, ``--reps``, ``--warmup`` and ``--threads``; ``--reps`` and
-    ``--warmup`` default to None, filled per device by :func:`fill_timing_defaults`."""
+    """Add ``--out``, ``--jsonl``, ``--reps``, ``--warmup`` and ``--threads``; ``--reps``
+    and ``--warmup`` default to None, filled per device by :func:`fill_timing_defaults`."""
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results folder")
+    parser.add_argument(
+        "--jsonl",
+        type=Path,
+        default=None,
+        help="also append the header, then each case as soon as it is measured, to this "
+        "JSON-lines file (a run stopped midway keeps the cases it finished)",
+    )
     parser.add_argument(
         "--reps", type=int, default=None, help="timed reps (default cuda 100, cpu 20)"
     )
@@ -86,9 +99,11 @@ def resolve_device(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
 
 
 def fill_timing_defaults(args: argparse.Namespace) -> None:
-    """Fill ``args.reps`` and ``args.warmup`` left at None from :data:`TIMING_DEFAULTS`
-    for ``args.device``."""
-    for key, value in TIMING_DEFAULTS[args.device].items():
+    """Fill ``args.reps`` and ``args.warmup`` left at None from :data:`QUICK_TIMING` if
+    the runner has ``--quick`` and it is set, else from :data:`TIMING_DEFAULTS` for
+    ``args.device``."""
+    defaults = QUICK_TIMING if getattr(args, "quick", False) else TIMING_DEFAULTS[args.device]
+    for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
 
@@ -372,3 +387,84 @@ def publish(out: Path, head: dict[str, Any], records: list[dict[str, Any]], tabl
     print(table)
     write_results(out, head, {"header": head, "records": records}, table)
     return 0
+
+
+# ---------------------------------------------------------------- case by case (--jsonl)
+
+
+class CaseLog:
+    """Appends a run to a JSON-lines file as it goes (``--jsonl``; no file: does nothing).
+
+    Line 1: ``{"benchmark", "type": "header", "planned_cases", "header"}``; then one line
+    per finished case: ``{"benchmark", "type": "case", "records", "rows"}`` (``rows``:
+    :func:`summary_row` dicts). Each line is written and flushed on its own, so a run
+    killed at a deadline leaves every case it finished readable.
+    """
+
+    def __init__(self, path: Path | None, head: dict[str, Any], planned_cases: int) -> None:
+        self.path = path
+        self.benchmark = str(head["benchmark"])
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._append({"type": "header", "planned_cases": planned_cases, "header": head})
+
+    def case(self, records: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        """Append one finished case: its records and its summary rows."""
+        self._append({"type": "case", "records": records, "rows": rows})
+
+    def _append(self, payload: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps({"benchmark": self.benchmark, **payload}) + "\n")
+            f.flush()
+
+
+def summary_row(
+    case: str,
+    ours: str,
+    ours_ms: float | None,
+    baseline: str,
+    baseline_ms: float | None,
+    *,
+    ours_note: str = "",
+    baseline_note: str = "",
+) -> dict[str, Any]:
+    """One line of a session summary: ``ours`` against ``baseline`` on ``case``, with
+    ``ratio`` = baseline ms / ours ms (> 1: ours took less time), None where either was
+    not timed; the notes say why not (``wrong result``, ``error: ...``, unavailable)."""
+    ratio = baseline_ms / ours_ms if ours_ms and baseline_ms else None
+    return {
+        "case": case,
+        "ours": ours,
+        "ours_ms": ours_ms,
+        "baseline": baseline,
+        "baseline_ms": baseline_ms,
+        "ratio": ratio,
+        "ours_note": ours_note,
+        "baseline_note": baseline_note,
+    }
+
+
+def _median_or_note(record: dict[str, Any] | None) -> tuple[float | None, str]:
+    """A record's ``median_ms`` and "", or None and why it has none."""
+    if record is None:
+        return None, "not run"
+    if "skipped" in record:
+        return None, str(record["skipped"])
+    return float(record["median_ms"]), ""
+
+
+def compare(
+    case: str,
+    ours: str,
+    baseline: str,
+    ours_record: dict[str, Any] | None,
+    baseline_record: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """:func:`summary_row` from two records with ``median_ms`` (or ``skipped``)."""
+    ours_ms, ours_note = _median_or_note(ours_record)
+    base_ms, base_note = _median_or_note(baseline_record)
+    return summary_row(
+        case, ours, ours_ms, baseline, base_ms, ours_note=ours_note, baseline_note=base_note
+    )

@@ -10,6 +10,10 @@ against the dense layer with the masked weight before anything is timed.
 
     python benchmarks/bench_inference.py                 # cuda if a GPU is visible, else cpu
     python benchmarks/bench_inference.py --device cpu --tokens 1,16,256
+    python benchmarks/bench_inference.py --quick --jsonl results.jsonl  # case by case
+
+``--quick`` (what ``scripts/gpu_session.py`` runs): Llama-2-7B's projections at 1, 16
+and 4096 tokens, 20 reps after 3 warm-up calls; options given explicitly win.
 """
 
 from __future__ import annotations
@@ -25,6 +29,23 @@ import step
 CUDA_SHAPES = "4096x4096,11008x4096,4096x11008"
 CPU_SHAPES = "1024x1024,4096x1024"
 RATIOS = ("2:4", "1:4", "1:8")
+QUICK_TOKENS = "1,16,4096"
+
+
+def summary_rows(records: list[dict]) -> list[dict]:
+    """Rows for a session summary: each frozen layer against ``nn.Linear``, then the
+    compressed op forced to the reference backend against ``nn.Linear``."""
+    rows = []
+    for r in records:
+        case = f"{r['shape'][0]}x{r['shape'][1]} {r['nm']} T={r['tokens']} {r['dtype']}"
+        ours = f"frozen {r['layout']} ({r['auto_backend']})"
+        rows.append(common.summary_row(case, ours, r["sparse_ms"], "nn.Linear", r["dense_ms"]))
+        rows.append(
+            common.summary_row(
+                case, "compressed via reference", r["reference_ms"], "nn.Linear", r["dense_ms"]
+            )
+        )
+    return rows
 
 
 def parse_args(argv):
@@ -33,18 +54,29 @@ def parse_args(argv):
     parser.add_argument(
         "--shapes", default=None, help=f"NxK,... (cuda: {CUDA_SHAPES}; cpu: {CPU_SHAPES})"
     )
-    parser.add_argument("--tokens", default="1,16,256", help="token counts (rows of x)")
+    parser.add_argument(
+        "--tokens",
+        default=None,
+        help=f"token counts (rows of x; default 1,16,256, quick {QUICK_TOKENS})",
+    )
     parser.add_argument("--dtypes", default=None, help="default cuda float16; cpu float32,float16")
     parser.add_argument("--ratios", default="2:4,1:4", help=f"N:M patterns from {RATIOS}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"shapes {CUDA_SHAPES}, tokens {QUICK_TOKENS}, 20 reps after 3 warm-up calls "
+        "(options given explicitly win)",
+    )
     common.add_run_args(parser)
     args = parser.parse_args(argv)
     common.resolve_device(parser, args)
     common.fill_timing_defaults(args)
     common.check_run_args(parser, args)
     on_gpu = args.device == "cuda"
-    shapes = args.shapes or (CUDA_SHAPES if on_gpu else CPU_SHAPES)
+    shapes = args.shapes or (CUDA_SHAPES if on_gpu or args.quick else CPU_SHAPES)
     args.shapes = [tuple(int(d) for d in s.split("x")) for s in shapes.split(",")]
-    args.tokens = [int(t) for t in args.tokens.split(",")]
+    tokens = args.tokens or (QUICK_TOKENS if args.quick else "1,16,256")
+    args.tokens = [int(t) for t in tokens.split(",")]
     dtypes = args.dtypes or ("float16" if on_gpu else "float32,float16")
     args.dtypes = common.parse_choices(
         parser, "--dtypes", dtypes, ("float32", "float16", "bfloat16")
@@ -54,7 +86,9 @@ def parse_args(argv):
     return args, torch.device(args.device)
 
 
-def measure(args, device, n, k, dtype_name, ratio, flush):
+def measure(args, device, n, k, dtype_name, ratio, flush, log=None):
+    """Check and time one weight shape, dtype and N:M at every token count; each token
+    count's record also goes to ``log`` (a :class:`_common.CaseLog`) as it finishes."""
     dtype = getattr(torch, dtype_name)
     nn_, m = (int(v) for v in ratio.split(":"))
     torch.manual_seed(0)
@@ -68,9 +102,11 @@ def measure(args, device, n, k, dtype_name, ratio, flush):
     records = []
     with torch.inference_mode():
         for tokens in args.tokens:
-            records.append(time_tokens(args, dense, sparse, tokens, layout, flush))
-    for r in records:
-        r.update(shape=[n, k], dtype=dtype_name, nm=ratio)
+            record = time_tokens(args, dense, sparse, tokens, layout, flush)
+            record.update(shape=[n, k], dtype=dtype_name, nm=ratio)
+            records.append(record)
+            if log is not None:
+                log.case([record], summary_rows([record]))
     return records
 
 
@@ -129,12 +165,14 @@ def main(argv=None) -> int:
     args, device = parse_args(argv)
     head = common.header("inference", device, args, common.local_now(), turns="layers")
     flush = common.l2_flush_buffer(device)
+    planned = len(args.shapes) * len(args.dtypes) * len(args.ratios) * len(args.tokens)
+    log = common.CaseLog(args.jsonl, head, planned)
     records = [
         r
         for n, k in args.shapes
         for dtype in args.dtypes
         for ratio in args.ratios
-        for r in measure(args, device, n, k, dtype, ratio, flush)
+        for r in measure(args, device, n, k, dtype, ratio, flush, log)
     ]
     table = markdown(head, records)
     return common.publish(args.out, head, records, table)

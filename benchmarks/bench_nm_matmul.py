@@ -38,7 +38,7 @@ GPU only: without a CUDA GPU it exits with a usage error (status 2).
 Usage::
 
     python benchmarks/bench_nm_matmul.py
-    python benchmarks/bench_nm_matmul.py --quick
+    python benchmarks/bench_nm_matmul.py --quick --jsonl results.jsonl  # case by case
     python benchmarks/bench_nm_matmul.py --ratios 1:4 --tokens 1,16 --dtype bfloat16 --reps 200
 """
 
@@ -61,8 +61,9 @@ from step.ops.nm_positions import words_per_row
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008))
 TOKENS = (1, 4, 16, 256, 4096)
 RATIOS = "2:4,1:4,1:8"
-QUICK = {"shapes": ((4096, 4096),), "tokens": (1, 16, 4096), "ratios": "2:4,1:4"}
-"""``--quick``: the subset used where an option is not given explicitly."""
+QUICK = {"shapes": SHAPES, "tokens": (1, 16, 4096), "ratios": "2:4,1:4"}
+"""``--quick`` (what ``scripts/gpu_session.py`` runs): the subset used where an option is
+not given explicitly; every Llama-2-7B projection shape, 20 reps after 3 warm-up calls."""
 DTYPES = ("float16", "bfloat16")
 IMPLS = ("dense", "masked-unfused", "masked-fused", "masked-mma", "nm-compressed")
 DISPATCH = {
@@ -174,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a subset: shape 4096x4096, tokens 1,16,4096, ratios 2:4,1:4 "
+        help="a subset: tokens 1,16,4096, ratios 2:4,1:4, 20 reps after 3 warm-up calls "
         "(options given explicitly win)",
     )
     parser.add_argument(
@@ -375,8 +376,32 @@ def measure_case(
     return records + list(measured.values())
 
 
-def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
-    """Every case: weights drawn per shape (seed 0), compressed per ratio, x per token count."""
+ROW_PAIRS = (
+    ("masked-fused", "dense"),
+    ("masked-fused", "masked-unfused"),
+    ("masked-mma", "dense"),
+    ("nm-compressed", "dense"),
+)
+"""(ours, baseline) pairs of a session summary's rows."""
+
+
+def summary_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One case's rows for a session summary (:data:`ROW_PAIRS` where ours was run)."""
+    by_impl = {str(r["impl"]): r for r in records}
+    r0 = records[0]
+    case = f"{r0['n_out']}x{r0['k']} {r0['nm']} T={r0['tokens']} {r0['dtype']}"
+    return [
+        common.compare(case, ours, base, by_impl[ours], by_impl.get(base))
+        for ours, base in ROW_PAIRS
+        if ours in by_impl
+    ]
+
+
+def run(
+    args: argparse.Namespace, device: torch.device, log: common.CaseLog | None = None
+) -> list[dict[str, Any]]:
+    """Every case: weights drawn per shape (seed 0), compressed per ratio, x per token
+    count; each finished case also goes to ``log``."""
     flush = common.l2_flush_buffer(device)
     dtype = getattr(torch, args.dtype)
     records: list[dict[str, Any]] = []
@@ -392,6 +417,8 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, Any]]:
                 case = {"n_out": n_out, "k": k, "n": n, "m": m, "tokens": t}
                 recs = measure_case(case, w, w_pruned, mask, c, xs[t], args, flush)
                 records += recs
+                if log is not None:
+                    log.case(recs, summary_rows(recs))
                 print(progress_line(recs), flush=True)
             del mask, w_pruned, c
         del w, xs
@@ -589,7 +616,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         },
     )
-    records = run(args, device)
+    records = run(args, device, common.CaseLog(args.jsonl, head, len(cases(args))))
     table = markdown(head, records)
     print(table)
     payload = {"header": head, "records": records, "targets": target_checks(records)}

@@ -34,6 +34,10 @@ Usage::
     python benchmarks/bench_optimizer.py                       # GPU if present, else CPU
     python benchmarks/bench_optimizer.py --device cuda --dtypes float32,bfloat16
     python benchmarks/bench_optimizer.py --device cpu --blocks 2 --width 512
+    python benchmarks/bench_optimizer.py --quick --jsonl results.jsonl  # one dtype per line
+
+``--quick`` (what ``scripts/gpu_session.py`` runs): one Llama-2-7B-wide block, d=4096
+(201,351,168 parameters), 20 reps after 3 warm-up calls; options given explicitly win.
 """
 
 from __future__ import annotations
@@ -48,9 +52,13 @@ import torch
 from step.ops.dispatch import BACKENDS, use_backend
 from step.optim import STEP, AutoSwitch
 
-DEFAULTS = {"cuda": {"width": 1024, "blocks": 8}, "cpu": {"width": 256, "blocks": 5}}
-"""Default ``--width`` and ``--blocks`` per device type (``--reps``, ``--warmup``: the
-runners' common defaults)."""
+DEFAULTS = {
+    "cuda": {"width": 1024, "blocks": 8},
+    "cpu": {"width": 256, "blocks": 5},
+    "quick": {"width": 4096, "blocks": 1},
+}
+"""Default ``--width`` and ``--blocks`` per device type and for ``--quick`` (``--reps``,
+``--warmup``: the runners' common defaults)."""
 DTYPES = ("float32", "bfloat16", "float16")
 ADAMW_IMPLS = ("fused", "foreach")
 NM = (2, 4)
@@ -397,6 +405,22 @@ def evaluate_targets(device_type: str, records: list[dict[str, object]]) -> list
     return results
 
 
+def summary_rows(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One dtype's rows for a session summary: each STEP phase and backend against the
+    first AdamW (the baseline of the ratios); STEP backends not timed, with the reason."""
+    adamw = next(r for r in records if r.get("case") == "adamw")
+    case = f"{adamw['params'] / 1e6:.3g}M params {adamw['dtype']}"
+    baseline = f"AdamW({adamw['backend']})"
+    rows = []
+    for r in records:
+        if r["case"] == "step":
+            rows.append(common.compare(case, f"STEP ({r['backend']})", baseline, r, adamw))
+        elif str(r["case"]).startswith("step_"):
+            ours = f"{r['case']} ({common.backend_label(r)})"
+            rows.append(common.compare(case, ours, baseline, r, adamw))
+    return rows
+
+
 def optimizer_fields(args: argparse.Namespace) -> dict[str, object]:
     """The header's fields of this benchmark: the weight set, hyperparameters, AdamW(s)."""
     n_sparse, n_dense = args.counts
@@ -478,6 +502,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
         help="STEP backends, comma-separated from auto," + ",".join(BACKENDS) + " (default auto)",
     )
     parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="one block of d=4096, 20 reps after 3 warm-up calls (options given explicitly win)",
+    )
+    parser.add_argument(
         "--adamw",
         default=None,
         help="AdamW implementations, comma-separated from fused,foreach; the "
@@ -487,7 +516,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     args = parser.parse_args(argv)
 
     common.resolve_device(parser, args)
-    for key, value in DEFAULTS[args.device].items():
+    for key, value in DEFAULTS["quick" if args.quick else args.device].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     common.fill_timing_defaults(args)
@@ -518,8 +547,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     flush = common.l2_flush_buffer(device)
     records: list[dict[str, object]] = []
+    log = common.CaseLog(args.jsonl, head, len(args.dtypes))
     for dtype_name in args.dtypes:
-        records += run_dtype(args, device, dtype_name, flush)
+        dtype_records = run_dtype(args, device, dtype_name, flush)
+        log.case(dtype_records, summary_rows(dtype_records))
+        records += dtype_records
         if device.type == "cuda":
             torch.cuda.empty_cache()
     targets = evaluate_targets(device.type, records)

@@ -20,11 +20,16 @@ Before timing, each implementation's output is compared once with a float64 prod
 the GPU by the tolerance rule (error <= 2x cuBLAS's own error + 4 ulps of the scale);
 an implementation that fails is reported as wrong and not timed.
 
+``--quick`` (what ``scripts/gpu_session.py`` runs): Llama-2-7B's projections
+4096x4096, 11008x4096 and 4096x11008 at 1, 16 and 4096 tokens, float16, 20 reps after 3
+warm-up calls; options given explicitly win. ``--jsonl`` appends each case as it finishes.
+
 GPU only: without a CUDA GPU it exits with a usage error.
 
 Usage::
 
     python benchmarks/bench_sparse24_gemm.py
+    python benchmarks/bench_sparse24_gemm.py --quick --jsonl results.jsonl
     python benchmarks/bench_sparse24_gemm.py --shapes 4096x4096 --tokens 1,2048 --reps 200
 """
 
@@ -42,6 +47,8 @@ import step
 
 SHAPES = "4096x4096,11008x4096,4096x11008,8192x8192"
 TOKENS = "1,16,128,2048,8192"
+QUICK = {"shapes": "4096x4096,11008x4096,4096x11008", "tokens": "1,16,4096"}
+"""``--quick``: Llama-2-7B's projections at decode, small-batch and prefill token counts."""
 DTYPES = ("float16", "bfloat16")
 IMPLS = ("step-cuda", "dense", "cusparselt")
 CSLT_PAD = 16
@@ -99,8 +106,23 @@ def check(y: torch.Tensor, ref_lowp: torch.Tensor, ref64: torch.Tensor) -> str |
     return None
 
 
-def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
-    """Every (shape, dtype, tokens) case: the three implementations timed interleaved."""
+def summary_rows(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One case's rows for a session summary: step-cuda against cuBLAS and cuSPARSELt."""
+    by_impl = {str(r["impl"]): r for r in records}
+    r0 = records[0]
+    case = f"{r0['n']}x{r0['k']} M={r0['m']} {r0['dtype']}"
+    ours = by_impl.get("step-cuda")
+    return [
+        common.compare(case, "step-cuda", "cuBLAS dense", ours, by_impl.get("dense")),
+        common.compare(case, "step-cuda", "cuSPARSELt", ours, by_impl.get("cusparselt")),
+    ]
+
+
+def run(
+    args: argparse.Namespace, device: torch.device, log: common.CaseLog | None = None
+) -> list[dict[str, object]]:
+    """Every (shape, dtype, tokens) case: the three implementations timed interleaved;
+    each finished case also goes to ``log``."""
     flush = common.l2_flush_buffer(device)
     records: list[dict[str, object]] = []
     for n, k in args.shapes:
@@ -117,10 +139,11 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object
                 ref_lowp = F.linear(x, w)
                 base = {"n": n, "k": k, "m": m, "dtype": dtype_name}
                 timed: list[tuple[str, Callable[[], torch.Tensor]]] = []
+                case_records: list[dict[str, object]] = []
                 for impl, fn in implementations(x, w, values, meta).items():
                     problem = fn if isinstance(fn, str) else check(fn(), ref_lowp, ref64)
                     if problem is not None:
-                        records.append({**base, "impl": impl, "skipped": problem})
+                        case_records.append({**base, "impl": impl, "skipped": problem})
                     else:
                         assert not isinstance(fn, str)
                         timed.append((impl, fn))
@@ -141,7 +164,10 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object
                 for rec in measured.values():
                     if ours is not None:
                         rec["speedup_of_step_cuda"] = rec["median_ms"] / ours["median_ms"]
-                records += measured.values()
+                case_records += measured.values()
+                records += case_records
+                if log is not None:
+                    log.case(case_records, summary_rows(case_records))
                 del x
     return records
 
@@ -193,20 +219,25 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     """Parse the command line; refuse to run without a CUDA GPU (usage error, status 2)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--shapes",
-        type=common.parse_shapes,
-        default=common.parse_shapes(SHAPES),
-        help=f"NxK (default {SHAPES})",
+        "--shapes", type=common.parse_shapes, default=None, help=f"NxK (default {SHAPES})"
     )
     parser.add_argument(
-        "--tokens",
-        type=common.parse_tokens,
-        default=common.parse_tokens(TOKENS),
-        help=f"M (default {TOKENS})",
+        "--tokens", type=common.parse_tokens, default=None, help=f"M (default {TOKENS})"
     )
     parser.add_argument("--dtypes", default="float16", help="float16 and/or bfloat16")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"shapes {QUICK['shapes']}, tokens {QUICK['tokens']}, 20 reps after 3 "
+        "warm-up calls (options given explicitly win)",
+    )
     common.add_run_args(parser)
     args = parser.parse_args(argv)
+    chosen = QUICK if args.quick else {"shapes": SHAPES, "tokens": TOKENS}
+    if args.shapes is None:
+        args.shapes = common.parse_shapes(chosen["shapes"])
+    if args.tokens is None:
+        args.tokens = common.parse_tokens(chosen["tokens"])
     args.device = "cuda"
     if not torch.cuda.is_available():
         parser.error(
@@ -232,9 +263,15 @@ def main(argv: list[str] | None = None) -> int:
         args,
         common.local_now(),
         turns="implementations",
-        fields={"shapes": args.shapes, "tokens": args.tokens, "dtypes": args.dtypes},
+        fields={
+            "shapes": args.shapes,
+            "tokens": args.tokens,
+            "dtypes": args.dtypes,
+            "quick": args.quick,
+        },
     )
-    records = run(args, device)
+    planned = len(args.shapes) * len(args.dtypes) * len(args.tokens)
+    records = run(args, device, common.CaseLog(args.jsonl, head, planned))
     table = markdown(head, records)
     return common.publish(args.out, head, records, table)
 

@@ -27,6 +27,11 @@ Usage::
     python benchmarks/bench_sparsify.py                       # GPU if present, else CPU
     python benchmarks/bench_sparsify.py --device cuda --shapes 8192x8192 --reps 200
     python benchmarks/bench_sparsify.py --device cpu --backends reference
+    python benchmarks/bench_sparsify.py --quick --jsonl results.jsonl  # case by case
+
+``--quick`` (what ``scripts/gpu_session.py`` runs): Llama-2-7B's projection weights
+4096x4096, 11008x4096 and 4096x11008 in float16, 20 reps after 3 warm-up calls; options
+given explicitly win.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from step.ops.nm_mask import nm_mask_ref
 
 CUDA_SHAPES = "8192x8192,4096x4096,4096x11008,11008x4096"
 CPU_SHAPES = "1024x1024,2048x2048"
+QUICK = {"shapes": "4096x4096,11008x4096,4096x11008", "dtypes": "float16"}
 OPS = ("nm_mask", "to_sparse24")
 DTYPES = ("float16", "bfloat16", "float32")
 DISPATCH_NAMES = {"nm_mask": "nm_mask", "to_sparse24": "sparse24_compress"}
@@ -154,9 +160,24 @@ def call_with(op: str, backend: str, w: torch.Tensor) -> Callable[[], object]:
     return call
 
 
-def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object]]:
+def summary_rows(records: list[dict[str, object]]) -> list[dict[str, object]]:
+    """One shape and dtype's rows for a session summary: each op and backend against the
+    copy of the same weight (skipped ones with the reason)."""
+    copy = next(r for r in records if r["op"] == "copy")
+    case = f"{copy['rows']}x{copy['k']} {copy['dtype']}"
+    return [
+        common.compare(case, f"{r['op']} ({common.backend_label(r)})", "copy", r, copy)
+        for r in records
+        if r["op"] != "copy"
+    ]
+
+
+def run(
+    args: argparse.Namespace, device: torch.device, log: common.CaseLog | None = None
+) -> list[dict[str, object]]:
     """All measurements for ``args``: per shape and dtype, the copy and every op/backend,
-    timed interleaved; a record with ``skipped`` for each op/backend that cannot run."""
+    timed interleaved; a record with ``skipped`` for each op/backend that cannot run.
+    Each shape and dtype's records also go to ``log`` as they are measured."""
     flush = common.l2_flush_buffer(device)
     records: list[dict[str, object]] = []
     for rows, k in args.shapes:
@@ -189,6 +210,8 @@ def run(args: argparse.Namespace, device: torch.device) -> list[dict[str, object
             for rec in measured:
                 rec["ratio_to_copy"] = rec["gbps"] / copy_gbps
             records += measured + skipped
+            if log is not None:
+                log.case(measured + skipped, summary_rows(measured + skipped))
             del w
     return records
 
@@ -229,8 +252,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     )
     parser.add_argument(
         "--dtypes",
-        default="float16,bfloat16",
-        help="comma-separated torch dtypes (float16, bfloat16, float32)",
+        default=None,
+        help="comma-separated torch dtypes (float16, bfloat16, float32; default "
+        "float16,bfloat16, quick float16)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"shapes {QUICK['shapes']}, {QUICK['dtypes']}, 20 reps after 3 warm-up calls "
+        "(options given explicitly win)",
     )
     parser.add_argument(
         "--backends",
@@ -245,8 +275,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, torch
     common.resolve_device(parser, args)
     on_gpu = args.device == "cuda"
     if args.shapes is None:
-        args.shapes = common.parse_shapes(CUDA_SHAPES if on_gpu else CPU_SHAPES)
-    args.dtypes = common.parse_choices(parser, "--dtypes", args.dtypes, DTYPES)
+        default_shapes = QUICK["shapes"] if args.quick else CUDA_SHAPES if on_gpu else CPU_SHAPES
+        args.shapes = common.parse_shapes(default_shapes)
+    dtypes = args.dtypes or (QUICK["dtypes"] if args.quick else "float16,bfloat16")
+    args.dtypes = common.parse_choices(parser, "--dtypes", dtypes, DTYPES)
     default_backends = "auto,cuda,triton,reference" if on_gpu else "reference"
     args.backends = common.parse_backends(parser, args.backends or default_backends)
     common.fill_timing_defaults(args)
@@ -259,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark, print the table, write JSON and Markdown to ``--out``."""
     args, device = parse_args(argv)
     head = common.header("sparsify", device, args, common.local_now(), turns="ops")
-    records = run(args, device)
+    log = common.CaseLog(args.jsonl, head, len(args.shapes) * len(args.dtypes))
+    records = run(args, device, log)
     table = markdown(head, records)
     return common.publish(args.out, head, records, table)
 
