@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..tasks import TASKS, MissingDataError
 from ..text_table import format_table
+from .checkpoint import TMP_SUFFIX, CheckpointError
 from .config import ConfigError, TrainConfig, build, load_saved, read_file
 from .loop import RunResult, train
 
@@ -75,6 +76,27 @@ def _compare_table(results: list[RunResult], metric: str) -> str:
     return format_table(rows)
 
 
+def _check_unused(out: Path) -> None:
+    """``out`` may take a new run: absent, empty, or holding only the ``*.tmp`` leftovers
+    of a run stopped while writing its ``config.json``."""
+    if (out / "config.json").is_file():
+        raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, "
+                          "or choose another --out")  # fmt: skip
+    if not out.is_dir():
+        return
+    used = sorted(p.name for p in out.iterdir() if not p.name.endswith(TMP_SUFFIX))
+    if used:
+        raise ConfigError(f"{out} is not empty (it holds {', '.join(used[:5])}) and is not a "
+                          "run directory: choose another --out")  # fmt: skip
+
+
+def _check_resumable(run_dir: Path) -> None:
+    """A run stopped before its ``config.json`` was committed cannot be resumed: say so."""
+    if not (run_dir / "config.json").is_file() and (run_dir / "config.json.tmp").is_file():
+        raise ConfigError(f"{run_dir} was stopped before its configuration was saved: start "
+                          f"it again with the same settings and --out {run_dir}")  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         if args.resume is not None:
@@ -86,19 +108,18 @@ def run(args: argparse.Namespace) -> int:
             if given or args.config or args.compare or args.out:
                 extra = ", ".join(given) or "--config/--compare/--out"
                 raise ConfigError(f"--resume continues a run as it was configured; drop {extra}")
+            _check_resumable(args.resume)
             cfg = load_saved(args.resume)
             if args.device:
                 cfg = dataclasses.replace(cfg, device=args.device)
-            runs = [(cfg, args.resume, (args.resume / "checkpoint").is_dir())]
+            runs = [(cfg, args.resume, True)]
         else:
             flags = {key: getattr(args, key) for key, _, _ in _FLAGS.values()}
             if args.compare:
                 flags["compare"] = [r.strip() for r in args.compare.split(",") if r.strip()]
             cfg = build(read_file(args.config) if args.config else {}, flags).resolved()
             out = args.out or _default_out(cfg)
-            if out.exists() and any(out.iterdir()):
-                raise ConfigError(f"{out} already holds a run: continue it with --resume {out}, "
-                                  "or choose another --out")  # fmt: skip
+            _check_unused(out)
             recipes = cfg.compare or [cfg.recipe]
             runs = [(dataclasses.replace(cfg, recipe=r, compare=[]),
                      out / r if cfg.compare else out, False) for r in recipes]  # fmt: skip
@@ -111,6 +132,6 @@ def run(args: argparse.Namespace) -> int:
             _print_result(results[-1], metric)
         if len(results) > 1:
             print(_compare_table(results, metric))
-    except (ConfigError, MissingDataError) as e:
+    except (ConfigError, MissingDataError, CheckpointError) as e:
         raise SystemExit(f"step-sparsity train: {e}") from None
     return 0

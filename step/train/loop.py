@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from tqdm.auto import tqdm
@@ -84,14 +85,44 @@ def _last_sample(opt):
 
 
 def _truncate_metrics(path: Path, after: int) -> None:
-    """Drop rows past ``after`` (a resumed run writes them again, identically)."""
-    if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if json.loads(r)["step"] <= after]
-        path.write_text("".join(r + "\n" for r in rows))
+    """Drop rows past ``after`` (a resumed run writes them again, identically), and a
+    last row torn by a kill in mid-write (it has no newline); rewritten atomically."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    kept = [line for line in lines if json.loads(line)["step"] <= after]
+    checkpoint.write_durably(path, "".join(kept).encode())
+
+
+def _append_line(log: TextIO, line: str) -> None:
+    """Append one metrics row (``line`` ends with a newline)."""
+    log.write(line)
+
+
+def _begin(cfg: TrainConfig, run_dir: Path, resume: bool, model, opt, sched) -> int:
+    """Set up ``run_dir`` for a new run, or restore its last committed checkpoint; the
+    step training continues after. A run stopped before its first checkpoint resumes
+    from step 0, saying so in one line."""
+    if not resume:
+        checkpoint.make_directory(run_dir)
+        text = json.dumps(cfg.to_dict(), indent=1) + "\n"
+        checkpoint.write_durably(run_dir / "config.json", text.encode())
+        return 0
+    start = 0
+    if checkpoint.exists(run_dir / "checkpoint"):
+        start = _restore(checkpoint.load(run_dir / "checkpoint"), model, opt, sched)
+    else:
+        print(f"{run_dir}: no committed checkpoint (the run stopped before its first one): "
+              "starting it again from step 0")  # fmt: skip
+    _truncate_metrics(run_dir / "metrics.jsonl", start)
+    return start
 
 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> RunResult:
-    """Train ``cfg`` (resolved) into ``run_dir``; ``resume`` continues its checkpoint."""
+    """Train ``cfg`` (resolved) into ``run_dir``; ``resume`` continues its last committed
+    checkpoint (or starts again from step 0 if it has none)."""
     from .report import finish_run
 
     device = torch.device(cfg.device)
@@ -103,13 +134,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
     opt = make_optimizer(cfg, model)
     sched = make_schedule(cfg, opt)
     metrics = run_dir / "metrics.jsonl"
-    start = 0
-    if resume:
-        start = _restore(checkpoint.load(run_dir / "checkpoint"), model, opt, sched)
-        _truncate_metrics(metrics, start)
-    else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1) + "\n")
+    start = _begin(cfg, run_dir, resume, model, opt, sched)
     began = time.perf_counter()
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps,
                desc=f"{cfg.task} {cfg.recipe} {cfg.nm}", disable=quiet, unit="step")  # fmt: skip
@@ -136,7 +161,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
                 row = {"step": t, "loss": loss.item(), "lr": sched.get_last_lr()[0],
                        "phase": phase, f"{task.items}_per_s": rate,
                        "statistic": record.statistic if record else None}  # fmt: skip
-                log.write(json.dumps(row) + "\n")
+                _append_line(log, json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.3f}", phase=phase,
                                 stat=f"{row['statistic']:.3f}" if row["statistic"] else "-",
                                 **{f"{task.items}/s": f"{rate:,.0f}"})  # fmt: skip
@@ -144,8 +169,9 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
             if t % cfg.eval_every == 0 or t == cfg.steps:
                 model.eval()
                 row = {"step": t, **task.evaluate(model)}
-                log.write(json.dumps(row) + "\n")
+                _append_line(log, json.dumps(row) + "\n")
                 log.flush()
+                os.fsync(log.fileno())  # the rows are durable before the checkpoint commits
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
                 say(f"step {t}: {shown}")
                 checkpoint.save(_state(model, opt, sched, t), run_dir / "checkpoint")
