@@ -28,8 +28,12 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from .checks import check_choice, check_int, check_real, describe, is_int, is_real
+
 CRITERIA = ("plateau", "paper")
 DEFAULT_THRESHOLD = {"plateau": 0.95}
+STATE_KEYS = ("criterion", "threshold", "t_min", "t_max", "window", "total_steps",
+              "switch_step", "samples", "history")  # fmt: skip
 
 
 @dataclass
@@ -93,10 +97,7 @@ class AutoSwitch:
         threshold: float | None = None,
         total_steps: int | None = None,
     ) -> None:
-        if criterion not in CRITERIA:
-            raise ValueError(
-                f"unknown AutoSwitch criterion {criterion!r}; choose one of {CRITERIA}"
-            )
+        criterion = check_choice(criterion, "AutoSwitch criterion", CRITERIA)
         if threshold is None:
             if criterion not in DEFAULT_THRESHOLD:
                 raise ValueError(
@@ -105,14 +106,11 @@ class AutoSwitch:
                     "threshold=1e-8)"
                 )
             threshold = DEFAULT_THRESHOLD[criterion]
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
-        if total_steps is not None and (isinstance(total_steps, bool) or total_steps < 1):
-            raise ValueError(f"total_steps must be a positive int, got {total_steps!r}")
-        if window is not None and (
-            isinstance(window, bool) or not isinstance(window, int) or window < 1
-        ):
-            raise ValueError(f"window must be a positive int, got {window!r}")
+        threshold = check_real(threshold, "threshold", low_open=True, example="0.95")
+        if total_steps is not None:
+            total_steps = check_int(total_steps, "total_steps")
+        if window is not None:
+            window = check_int(window, "window", hint=" (steps)")
         self.criterion = criterion
         self.threshold = float(threshold)
         self.total_steps = total_steps
@@ -126,14 +124,13 @@ class AutoSwitch:
         self._samples: _Window | None = None
 
     def _steps(self, value: int | float, name: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError(
-                f"{name} must be a step count (int) or a fraction (float), got {value!r}"
+        """``t_min``/``t_max`` as a step: an int as is, a float as a fraction of the run."""
+        if is_int(value):
+            return check_int(value, name, low=0, hint=" (a step) or a float in (0, 1]")
+        if not is_real(value):
+            raise TypeError(
+                f"{name} must be a step count (int) or a fraction (float); got {describe(value)}"
             )
-        if isinstance(value, int):
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-            return value
         if not 0.0 < value <= 1.0:
             raise ValueError(f"{name}={value} as a fraction of the run must lie in (0, 1]")
         if self.total_steps is None:
@@ -175,6 +172,7 @@ class AutoSwitch:
         return switch
 
     def state_dict(self) -> dict:
+        """Settings, decision, samples and history: all a resumed run needs."""
         return {
             "criterion": self.criterion,
             "threshold": self.threshold,
@@ -187,7 +185,33 @@ class AutoSwitch:
             "history": [vars(r).copy() for r in self.history],
         }
 
+    def check_state_dict(self, state: object, where: str = "state") -> None:
+        """Refuse (``ValueError``/``TypeError`` naming the entry) a ``state`` that
+        :meth:`state_dict` did not write; changes nothing."""
+        if not isinstance(state, dict) or set(state) != set(STATE_KEYS):
+            keys = sorted(state) if isinstance(state, dict) else describe(state)
+            raise ValueError(f"{where} must be an AutoSwitch.state_dict() with the keys "
+                             f"{list(STATE_KEYS)}; got {keys}")  # fmt: skip
+        check_choice(state["criterion"], f"{where}['criterion']", CRITERIA)
+        check_real(state["threshold"], f"{where}['threshold']", low_open=True)
+        check_int(state["t_min"], f"{where}['t_min']", low=0)
+        for key, low in (("t_max", 1), ("window", 1), ("total_steps", 1), ("switch_step", 1)):
+            if state[key] is not None:
+                check_int(state[key], f"{where}[{key!r}]", low=low)
+        samples, history = state["samples"], state["history"]
+        if samples is not None and not (
+            isinstance(samples, list) and all(is_real(x) for x in samples)
+        ):
+            raise ValueError(f"{where}['samples'] must be None or a list of floats")
+        fields = set(AutoSwitchRecord.__dataclass_fields__)
+        if not isinstance(history, list) or not all(
+            isinstance(r, dict) and set(r) == fields for r in history
+        ):
+            raise ValueError(f"{where}['history'] must be a list of dicts with {sorted(fields)}")
+
     def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`'s ``state`` (checked first)."""
+        self.check_state_dict(state)
         for key in ("criterion", "threshold", "t_min", "t_max", "window", "total_steps"):
             setattr(self, key, state[key])
         self.switch_step = state["switch_step"]

@@ -9,6 +9,8 @@ multi-tensor op ``step::adam_update``: one call per param group and kind, not pe
 
 from __future__ import annotations
 
+import copy
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -18,6 +20,7 @@ from ..nn.sparsity import attach_sparsity, sparsity_of
 from ..ops.adam_update import adam_update
 from ..ops.checks import check_nm
 from ..ops.dispatch import choose
+from .checks import check_int, check_real, describe, is_real
 
 RECIPE_KEY = "recipe"
 """Key of the recipe's own state (step count, phase...) in ``optimizer.state``."""
@@ -29,22 +32,116 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     return to_local() if to_local is not None else t
 
 
-def check_hyperparameters(lr, betas, eps, weight_decay, srste_decay) -> None:
-    if not isinstance(lr, int | float) or lr < 0:
-        raise ValueError(f"lr must be a float >= 0, got {lr!r}")
-    if not isinstance(eps, int | float) or eps < 0:
-        raise ValueError(f"eps must be a float >= 0, got {eps!r}")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"betas must be two floats in [0, 1), got {betas!r}")
-    if weight_decay < 0:
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if srste_decay < 0:
-        raise ValueError(f"srste_decay must be >= 0, got {srste_decay!r}")
+def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
+    """``betas`` is a pair of finite floats in [0, 1)."""
+    expected = f"{name} must be two floats in [0, 1), e.g. (0.9, 0.999)"
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"{expected}; got {describe(betas)}")
+    for i, b in enumerate(betas):
+        if not is_real(b):
+            raise TypeError(f"{expected}; {name}[{i}] is {describe(b)}")
+        if not (math.isfinite(b) and 0.0 <= b < 1.0):
+            raise ValueError(f"{expected}; {name}[{i}] is {b!r}")
+    return float(betas[0]), float(betas[1])
+
+
+def check_hyperparameters(group: dict, prefix: str = "") -> dict:
+    """The hyperparameters of a param group (or of the defaults), checked; returned as
+    floats. ``prefix`` names where they come from in messages (``param_groups[1]``)."""
+    name = (lambda key: f"{prefix}[{key!r}]") if prefix else (lambda key: key)
+    return {
+        "lr": check_real(group["lr"], name("lr")),
+        "betas": check_betas(group["betas"], name("betas")),
+        "eps": check_real(group["eps"], name("eps"), example="1e-8"),
+        "weight_decay": check_real(group["weight_decay"], name("weight_decay"), example="0.01"),
+        "srste_decay": check_real(group["srste_decay"], name("srste_decay"), example="2e-4"),
+    }
+
+
+def check_group_nm(nm: object, name: str) -> tuple[int, int] | None:
+    """A param group's ``nm``: None or a pair ``(n, m)`` of ints, ``1 <= n < m <= 32``."""
+    if nm is None:
+        return None
+    if not isinstance(nm, tuple | list) or len(nm) != 2:
+        raise TypeError(f"{name} must be None or a pair (n, m), e.g. (2, 4); got {describe(nm)}")
+    try:
+        return check_nm(*nm)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None
+
+
+HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "srste_decay")
+
+ADAM_STATE = {"step": "count", "exp_avg": "moment", "exp_avg_sq": "moment"}
+"""AdamW's state of a parameter: key -> kind (see :func:`_check_state_value`)."""
+
+
+def _saved_params(saved: list[dict], groups: list[dict]) -> dict:
+    """Parameter id in a state_dict -> this optimizer's parameter (as torch maps them)."""
+    ids = (i for g in saved for i in g["params"])
+    return dict(zip(ids, (p for g in groups for p in g["params"]), strict=True))
+
+
+def _check_state_value(value: object, kind: str, shape: tuple[int, ...], name: str) -> None:
+    """A saved state value of ``kind``: "count" an int >= 0; "moment" a floating tensor
+    and "mask" a bool tensor, both of the parameter's ``shape``."""
+    if kind == "count":
+        check_int(value, name, low=0)
+        return
+    dtypes = "a bool" if kind == "mask" else "a floating-point"
+    if not isinstance(value, torch.Tensor) or (
+        value.dtype != torch.bool if kind == "mask" else not value.is_floating_point()
+    ):
+        raise ValueError(f"{name} must be {dtypes} tensor; got {describe(value)[:200]}")
+    if tuple(value.shape) != shape:
+        raise ValueError(
+            f"{name} has shape {tuple(value.shape)}, its parameter {shape}: the state of "
+            "another model"
+        )
+
+
+def _restore_tensors(state: dict, saved: dict, device: torch.device) -> None:
+    """Put ``saved``'s tensors back into ``state`` as they were saved: torch's loader casts
+    floating-point state to the parameter's dtype and a bool mask to float; AdamW moments
+    are float32 whatever the parameter, masks stay bool."""
+    for key, value in saved.items():
+        if isinstance(value, torch.Tensor):
+            dtype = torch.float32 if ADAM_STATE.get(key) == "moment" else value.dtype
+            state[key] = value.to(device, dtype, copy=True)
+
+
+def _sparse_nm(p: torch.Tensor, nm: tuple[int, int] | None, name: str) -> tuple[int, int] | None:
+    """The N:M of parameter ``p`` in a group with ``nm`` (None: dense), or the error."""
+    attached = sparsity_of(p)
+    if attached is not None:
+        if nm is not None and (attached.n, attached.m) != nm:
+            raise ValueError(
+                f"{name} is already N:M {attached.n}:{attached.m} (from its sparse layer), "
+                f"not its group's nm={nm}: drop 'nm' from that group, or give it "
+                f"({attached.n}, {attached.m})"
+            )
+        return attached.n, attached.m
+    if nm is not None and (p.dim() < 1 or p.shape[-1] % nm[1]):
+        raise ValueError(
+            f"{name} has shape {tuple(p.shape)}: N:M {nm[0]}:{nm[1]} groups run along the "
+            f"last (reduction) dim, which is not divisible by m={nm[1]}. Leave this "
+            "parameter out of the sparse group, or choose another m"
+        )
+    return nm
 
 
 class NMAdamW(torch.optim.Optimizer):
     """AdamW with N:M-aware handling of sparse weights; see the recipes in
     :mod:`step.optim.recipes`. Param groups may carry ``nm=(n, m)``."""
+
+    RECIPE = "nm_adamw"
+    """The recipe's name, kept in its state: a state_dict loads only into its own recipe."""
+
+    _RECIPE_KEYS: tuple[str, ...] = ("name", "t")
+    """Keys of the recipe's state (``state_dict()["state"]["recipe"]``)."""
+
+    _SPARSE_STATE: dict[str, str] = {}
+    """State a sparse parameter may hold beyond AdamW's: key -> kind ("count", "mask")."""
 
     def __init__(
         self,
@@ -55,34 +152,28 @@ class NMAdamW(torch.optim.Optimizer):
         weight_decay: float = 0.0,
         srste_decay: float = 2e-4,
     ) -> None:
-        check_hyperparameters(lr, betas, eps, weight_decay, srste_decay)
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                        srste_decay=srste_decay, nm=None)  # fmt: skip
-        super().__init__(params, defaults)
-        for gi, group in enumerate(self.param_groups):
-            check_hyperparameters(group["lr"], group["betas"], group["eps"],
-                                  group["weight_decay"], group["srste_decay"])  # fmt: skip
-            for pi, p in enumerate(group["params"]):
-                self._register_sparse(gi, pi, group, p)
-        self.state[RECIPE_KEY] = {"t": 0}
+        hyper = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
+                     srste_decay=srste_decay)  # fmt: skip
+        super().__init__(params, {**check_hyperparameters(hyper), "nm": None})
+        for p, (n, m) in self._plan_sparse():  # every group checked before any change
+            attach_sparsity(p, n, m)
+        self.state[RECIPE_KEY] = {"name": self.RECIPE, "t": 0}
 
     # ------------------------------------------------------------ sparse parameters
 
-    def _register_sparse(self, gi: int, pi: int, group: dict, p: torch.Tensor) -> None:
-        attached = sparsity_of(p)
-        nm = group["nm"]
-        if nm is None:
-            if attached is None:
-                return
-            nm = (attached.n, attached.m)
-        n, m = check_nm(*nm)
-        if attached is None and (p.dim() < 1 or p.shape[-1] % m):
-            raise ValueError(
-                f"param_groups[{gi}]['params'][{pi}] has shape {tuple(p.shape)}: N:M {n}:{m} "
-                f"groups run along the last (reduction) dim, which is not divisible by m={m}. "
-                "Leave this parameter out of the sparse group, or choose another m"
-            )
-        attach_sparsity(p, n, m)
+    def _plan_sparse(self) -> list[tuple[torch.Tensor, tuple[int, int]]]:
+        """Check every param group (normalising its values) and return the sparse
+        parameters with their N:M; changes no parameter."""
+        plan = []
+        for gi, group in enumerate(self.param_groups):
+            where = f"param_groups[{gi}]"
+            group.update(check_hyperparameters(group, where))
+            group["nm"] = check_group_nm(group["nm"], f"{where}['nm']")
+            for pi, p in enumerate(group["params"]):
+                nm = _sparse_nm(p, group["nm"], f"{where}['params'][{pi}]")
+                if nm is not None:
+                    plan.append((p, nm))
+        return plan
 
     def sparse_params(self) -> list[torch.Tensor]:
         """All sparse parameters, in param-group order."""
@@ -203,20 +294,110 @@ class NMAdamW(torch.optim.Optimizer):
 
     def state_dict(self) -> dict:
         self._save_recipe_state(self.state[RECIPE_KEY])
-        return super().state_dict()
+        state_dict = super().state_dict()
+        # a copy: the live recipe state changes with every step
+        state_dict["state"][RECIPE_KEY] = copy.deepcopy(state_dict["state"][RECIPE_KEY])
+        return state_dict
 
     def load_state_dict(self, state_dict: dict) -> None:
+        """Load what :meth:`state_dict` returned. A state_dict of another model (state
+        shapes), recipe or optimizer is refused with a ``ValueError`` naming what differs,
+        before anything changes."""
+        self._check_state_dict(state_dict)
         super().load_state_dict(state_dict)
-        # torch casts floating-point state to each parameter's dtype; AdamW states are
-        # float32 whatever the parameter, so restore them exactly from the saved copy.
-        params = [p for g in self.param_groups for p in g["params"]]
-        for key, saved in state_dict["state"].items():
-            if isinstance(key, int):
-                state = self.state[params[key]]
-                for name in ("exp_avg", "exp_avg_sq"):
-                    state[name] = saved[name].to(_local(params[key]).device, torch.float32,
-                                                 copy=True)  # fmt: skip
+        saved = state_dict["state"]
+        self.state[RECIPE_KEY] = copy.deepcopy(saved[RECIPE_KEY])
+        params = _saved_params(state_dict["param_groups"], self.param_groups)
+        for key, entry in saved.items():
+            if key != RECIPE_KEY:
+                _restore_tensors(self.state[params[key]], entry, _local(params[key]).device)
         self._load_recipe_state(self.state[RECIPE_KEY])
+
+    def _check_state_dict(self, state_dict: object) -> None:
+        """Refuse a state_dict this optimizer cannot continue from (see load_state_dict)."""
+        if not isinstance(state_dict, dict) or not {"state", "param_groups"} <= state_dict.keys():
+            raise ValueError(
+                "state_dict must be what Optimizer.state_dict() returns, a dict with 'state' "
+                f"and 'param_groups'; got {describe(state_dict)[:200]}"
+            )
+        self._check_recipe_state(state_dict["state"].get(RECIPE_KEY), "state_dict['state']")
+        self._check_groups(state_dict["param_groups"])
+        params = _saved_params(state_dict["param_groups"], self.param_groups)
+        for key, entry in state_dict["state"].items():
+            if key == RECIPE_KEY:
+                continue
+            if key not in params:
+                raise ValueError(
+                    f"state_dict['state'] has an entry {key!r} for none of the parameter ids "
+                    "in its param_groups: it is not a state_dict() of this optimizer"
+                )
+            self._check_param_state(entry, params[key], f"state_dict['state'][{key!r}]")
+
+    def _check_recipe_state(self, recipe: object, where: str) -> None:
+        """The recipe's state has this recipe's name and keys; subclasses check values."""
+        if not isinstance(recipe, dict):
+            raise ValueError(
+                f"{where} has no {RECIPE_KEY!r} entry: it was saved by another optimizer "
+                f"(e.g. torch.optim.AdamW), not by a step.optim recipe; {type(self).__name__} "
+                "cannot continue from it. Load it into the optimizer that saved it"
+            )
+        where = f"{where}[{RECIPE_KEY!r}]"
+        if recipe.get("name") != self.RECIPE:
+            raise ValueError(
+                f"{where}['name'] is {recipe.get('name')!r}: the state of another recipe, "
+                f"which this {type(self).__name__} (recipe {self.RECIPE!r}) cannot continue. "
+                f"Load it into the recipe that saved it"
+            )
+        missing = [key for key in self._RECIPE_KEYS if key not in recipe]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}, which recipe {self.RECIPE!r} keeps")
+        check_int(recipe["t"], f"{where}['t']", low=0)
+
+    def _check_groups(self, saved: object) -> None:
+        """The saved param groups match this optimizer's in number, sizes and N:M, and
+        hold valid hyperparameters."""
+        if not isinstance(saved, list) or len(saved) != len(self.param_groups):
+            count = len(saved) if isinstance(saved, list) else describe(saved)
+            raise ValueError(
+                f"state_dict['param_groups'] has {count} groups, this optimizer "
+                f"{len(self.param_groups)}: it was saved for another model or grouping"
+            )
+        for gi, (group, mine) in enumerate(zip(saved, self.param_groups, strict=True)):
+            where = f"state_dict['param_groups'][{gi}]"
+            missing = [k for k in (*HYPERPARAMETERS, "nm", "params") if k not in group]
+            if missing:
+                raise ValueError(f"{where} lacks {missing}: it was not saved by a step.optim "
+                                 "recipe")  # fmt: skip
+            if len(group["params"]) != len(mine["params"]):
+                raise ValueError(
+                    f"{where} has {len(group['params'])} parameters, this optimizer's group "
+                    f"{gi} {len(mine['params'])}: it was saved for another model"
+                )
+            check_hyperparameters(group, where)
+            nm = check_group_nm(group["nm"], f"{where}['nm']")
+            if nm != mine["nm"]:
+                raise ValueError(f"{where}['nm'] is {nm}, this optimizer's group {gi} has "
+                                 f"nm={mine['nm']}: it was saved for another sparsity")  # fmt: skip
+
+    def _check_param_state(self, entry: object, p: torch.Tensor, where: str) -> None:
+        """A parameter's saved state has this recipe's keys, each of the right kind, and
+        tensors of the parameter's (local) shape."""
+        sparse = sparsity_of(p) is not None
+        extra = self._SPARSE_STATE if sparse else {}
+        allowed = {**ADAM_STATE, **extra}
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a dict of {sorted(allowed)}; got {describe(entry)}")
+        adam = [key for key in ADAM_STATE if key in entry]
+        unknown = sorted(set(entry) - set(allowed), key=str)
+        if unknown or adam not in ([], list(ADAM_STATE)):
+            raise ValueError(
+                f"{where} has the keys {sorted(entry, key=str)}; a "
+                f"{'sparse' if sparse else 'dense'} parameter of recipe {self.RECIPE!r} has "
+                f"{list(ADAM_STATE)} (all or none) and may have {sorted(extra)}: the state "
+                "of another recipe or model"
+            )
+        for key, value in entry.items():
+            _check_state_value(value, allowed[key], tuple(_local(p).shape), f"{where}[{key!r}]")
 
     def _save_recipe_state(self, recipe: dict) -> None:
         """Put what the recipe keeps outside ``self.state`` into ``recipe``."""

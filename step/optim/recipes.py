@@ -12,11 +12,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from ..nn.sparsity import sparsity_of
 from .autoswitch import AutoSwitch
-from .nm_adamw import NMAdamW, _local
+from .checks import check_choice, check_int, describe, is_int, is_real
+from .nm_adamw import RECIPE_KEY, NMAdamW, _local
 
 PHASES = ("precondition", "mask_learning")
 
@@ -28,6 +31,22 @@ def _reduce_stats(stats: list[torch.Tensor]) -> tuple[float, float]:
         torch.distributed.all_reduce(total)
     dv_sum, v_sum, count = total.tolist()
     return dv_sum / count, v_sum / count
+
+
+def _autoswitch(value: object) -> AutoSwitch:
+    """STEP's ``autoswitch`` argument as an :class:`AutoSwitch`."""
+    if value is None:
+        return AutoSwitch()
+    if isinstance(value, AutoSwitch):
+        return value
+    if not is_int(value):
+        raise TypeError(
+            "autoswitch must be an AutoSwitch, an int step (a fixed switch) or None (the "
+            f"default AutoSwitch()); got {describe(value)}"
+        )
+    if value < 1:
+        raise ValueError(f"autoswitch: a fixed switch step must be >= 1, got {value}")
+    return AutoSwitch(t_min=int(value), t_max=int(value))
 
 
 class STEP(NMAdamW):
@@ -44,6 +63,10 @@ class STEP(NMAdamW):
     Properties ``phase`` (``"precondition"`` / ``"mask_learning"``) and ``switch_step``.
     """
 
+    RECIPE = "step"
+    _RECIPE_KEYS = (*NMAdamW._RECIPE_KEYS, "phase", "switch_step", "autoswitch")
+    _SPARSE_STATE = {"v_step": "count"}  # the step whose v was frozen
+
     def __init__(
         self,
         params,
@@ -54,16 +77,9 @@ class STEP(NMAdamW):
         srste_decay: float = 2e-4,
         autoswitch: AutoSwitch | int | None = None,
     ) -> None:
+        switch = _autoswitch(autoswitch)  # checked before the parameters are touched
         super().__init__(params, lr, betas, eps, weight_decay, srste_decay)
-        if isinstance(autoswitch, bool) or not isinstance(autoswitch, AutoSwitch | int | None):
-            raise ValueError(
-                f"autoswitch must be an AutoSwitch, an int step or None, got {autoswitch!r}"
-            )
-        if isinstance(autoswitch, int):
-            if autoswitch < 1:
-                raise ValueError(f"a fixed switch step must be >= 1, got {autoswitch}")
-            autoswitch = AutoSwitch(t_min=autoswitch, t_max=autoswitch)
-        self.autoswitch = autoswitch if autoswitch is not None else AutoSwitch()
+        self.autoswitch = switch
         self.autoswitch.attach(self.defaults["betas"][1])
         self.state["recipe"].update(phase="precondition", switch_step=None)
         self._set_modes("dense")
@@ -119,6 +135,20 @@ class STEP(NMAdamW):
     def _save_recipe_state(self, recipe):
         recipe["autoswitch"] = self.autoswitch.state_dict()
 
+    def _check_recipe_state(self, recipe, where):
+        super()._check_recipe_state(recipe, where)
+        where = f"{where}[{RECIPE_KEY!r}]"
+        if recipe["phase"] not in PHASES:
+            raise ValueError(f"{where}['phase'] is {recipe['phase']!r}; STEP's phases are "
+                             f"{PHASES}")  # fmt: skip
+        switched = recipe["phase"] == "mask_learning"
+        if switched:
+            check_int(recipe["switch_step"], f"{where}['switch_step']", low=1)
+        elif recipe["switch_step"] is not None:
+            raise ValueError(f"{where}['switch_step'] is {recipe['switch_step']!r} in phase "
+                             "'precondition'; it must be None before the switch")  # fmt: skip
+        self.autoswitch.check_state_dict(recipe["autoswitch"], f"{where}['autoswitch']")
+
     def _load_recipe_state(self, recipe):
         self.autoswitch.load_state_dict(recipe["autoswitch"])
         self._set_modes("ste" if recipe["phase"] == "mask_learning" else "dense")
@@ -127,6 +157,8 @@ class STEP(NMAdamW):
 class SRSTE(NMAdamW):
     """SR-STE (Zhou et al., 2021) under AdamW: masked STE forward and the SR-STE term
     from step 1, v updating throughout."""
+
+    RECIPE = "srste"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  srste_decay=2e-4) -> None:  # fmt: skip
@@ -137,6 +169,23 @@ class SRSTE(NMAdamW):
         self._adam(group, params, srste_decay=group["srste_decay"])
 
 
+def _prune_step(prune_at: object, total_steps: object) -> int:
+    """ASP's prune step from ``prune_at`` (a step, or a fraction of ``total_steps``)."""
+    if total_steps is not None:
+        total_steps = check_int(total_steps, "total_steps", low=1)
+    if is_int(prune_at):
+        return check_int(prune_at, "prune_at", low=1, hint=" (a step) or a float in (0, 1]")
+    if not is_real(prune_at):
+        raise TypeError(f"prune_at must be a step (int >= 1) or a fraction of total_steps "
+                        f"(float in (0, 1]); got {describe(prune_at)}")  # fmt: skip
+    if not 0.0 < prune_at <= 1.0:  # NaN fails this too
+        raise ValueError(f"prune_at={prune_at!r} as a fraction of the run must lie in (0, 1]")
+    if total_steps is None:
+        raise ValueError(f"prune_at={prune_at!r} is a fraction of the run: pass total_steps=..., "
+                         "or give prune_at as a step (int)")  # fmt: skip
+    return max(1, round(prune_at * total_steps))
+
+
 class ASP(NMAdamW):
     """ASP's from-scratch budget variant: dense AdamW, a one-shot magnitude prune to N:M
     at the end of step ``prune_at``, then training with the mask fixed.
@@ -144,15 +193,14 @@ class ASP(NMAdamW):
     ``prune_at``: a step count (int) or a fraction of ``total_steps`` (float in (0, 1]).
     """
 
+    RECIPE = "asp"
+    _RECIPE_KEYS = (*NMAdamW._RECIPE_KEYS, "prune_at")
+    _SPARSE_STATE = {"mask": "mask"}  # the mask fixed at the prune step
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0,
                  prune_at: int | float = 0.5, total_steps: int | None = None) -> None:  # fmt: skip
+        prune_at = _prune_step(prune_at, total_steps)  # checked before the parameters
         super().__init__(params, lr, betas, eps, weight_decay, srste_decay=0.0)
-        if isinstance(prune_at, float):
-            if not 0.0 < prune_at <= 1.0 or total_steps is None:
-                raise ValueError("prune_at as a fraction needs 0 < prune_at <= 1 and total_steps")
-            prune_at = max(1, round(prune_at * total_steps))
-        if isinstance(prune_at, bool) or not isinstance(prune_at, int) or prune_at < 1:
-            raise ValueError(f"prune_at must be a step >= 1 or a fraction, got {prune_at!r}")
         self.state["recipe"].update(prune_at=prune_at)
         self._set_modes("dense")
 
@@ -184,6 +232,10 @@ class ASP(NMAdamW):
             self.state[p]["mask"] = mask
             s.set_mode("fixed", mask)
 
+    def _check_recipe_state(self, recipe, where):
+        super()._check_recipe_state(recipe, where)
+        check_int(recipe["prune_at"], f"{where}[{RECIPE_KEY!r}]['prune_at']", low=1)
+
     def _load_recipe_state(self, recipe):
         for p in self.sparse_params():
             mask = self.state[p].get("mask")
@@ -192,6 +244,8 @@ class ASP(NMAdamW):
 
 class DenseAdamW(NMAdamW):
     """AdamW without masks on the same layers and engine: the dense baseline."""
+
+    RECIPE = "dense"
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, srste_decay=0.0)
@@ -203,6 +257,10 @@ RECIPES = {"step": STEP, "srste": SRSTE, "asp": ASP, "dense": DenseAdamW}
 
 def make(recipe: str, params, **kwargs) -> NMAdamW:
     """Build a recipe's optimizer by name: ``"step"``, ``"srste"``, ``"asp"``, ``"dense"``."""
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)}")
-    return RECIPES[recipe](params, **kwargs)
+    cls = RECIPES[check_choice(recipe, "recipe", tuple(sorted(RECIPES)))]
+    takes = [name for name in inspect.signature(cls).parameters if name != "params"]
+    unknown = sorted(set(kwargs) - set(takes))
+    if unknown:
+        raise TypeError(f"recipe {recipe!r} ({cls.__name__}) takes no argument {unknown}; "
+                        f"it takes {takes}")  # fmt: skip
+    return cls(params, **kwargs)
