@@ -133,7 +133,7 @@ def assert_identical(a: Any, b: Any, where: str = "state") -> None:
         assert a.keys() == b.keys(), where
         for key in a:
             assert_identical(a[key], b[key], f"{where}/{key}")
-    elif isinstance(a, list):
+    elif isinstance(a, list | tuple):
         assert len(a) == len(b), where
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             assert_identical(x, y, f"{where}/{i}")

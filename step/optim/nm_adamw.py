@@ -39,9 +39,9 @@ def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
         raise TypeError(f"{expected}; got {describe(betas)}")
     for i, b in enumerate(betas):
         if not is_real(b):
-            raise TypeError(f"{expected}; {name}[{i}] is {describe(b)}")
+            raise TypeError(f"{expected}; got {betas!r} ({name}[{i}] is {describe(b)})")
         if not (math.isfinite(b) and 0.0 <= b < 1.0):
-            raise ValueError(f"{expected}; {name}[{i}] is {b!r}")
+            raise ValueError(f"{expected}; got {betas!r} ({name}[{i}] is {b!r})")
     return float(betas[0]), float(betas[1])
 
 
