@@ -185,6 +185,43 @@ def backend_status(backend: str, device: torch.device | str | None = None) -> Ba
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
 
 
+def check_device(device: object, name: str = "device") -> torch.device:
+    """``device`` names a device this process can use; returns it as ``torch.device``.
+
+    Raises ``TypeError`` (not a ``str``/``torch.device``) or ``ValueError`` (a device
+    type torch does not know, or one no hardware here provides), naming ``name``. Callers
+    check before they change anything, so a bad device never leaves work half done.
+    """
+    if not isinstance(device, str | torch.device):
+        raise TypeError(f"{name} must be a str or torch.device such as 'cpu' or 'cuda:0', got "
+                        f"{type(device).__name__} {device!r}")  # fmt: skip
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"{name} {str(device)!r} is not a device torch knows ({e}); use "
+                         "e.g. 'cpu' or 'cuda:0'") from None  # fmt: skip
+    problem = _device_problem(dev)
+    if problem:
+        raise ValueError(f"{name} {str(device)!r} cannot be used: {problem}; use 'cpu', or run "
+                         "on a machine that has that device")  # fmt: skip
+    return dev
+
+
+def _device_problem(dev: torch.device) -> str | None:
+    if dev.type in ("cpu", "meta"):
+        return None
+    accelerator = (
+        torch.accelerator.current_accelerator() if torch.accelerator.is_available() else None
+    )
+    if accelerator is None or accelerator.type != dev.type:
+        return (f"no {dev.type} device is visible to PyTorch (torch {torch.__version__}, CUDA "
+                f"build {torch.version.cuda})")  # fmt: skip
+    count = torch.accelerator.device_count()
+    if dev.index is not None and dev.index >= count:
+        return f"there are {count} {dev.type} device(s), so index {dev.index} does not exist"
+    return None
+
+
 def _default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
@@ -219,8 +256,14 @@ def _parse_forced(spec: str | None) -> tuple[str | None, dict[str, str]]:
                 f"STEP_BACKEND={spec!r}: expected 'BACKEND' or 'op=BACKEND,op=BACKEND'"
             )
         _check_backend_name(backend, f"STEP_BACKEND entry {item!r}")
+        _check_op_name(op, f"STEP_BACKEND entry {item!r}")
         per_op[op] = backend
     return None, per_op
+
+
+def _check_op_name(op: str, where: str) -> None:
+    if op not in _IMPLS:
+        raise BackendError(f"{where}: unknown op {op!r}; the ops are {', '.join(sorted(_IMPLS))}")
 
 
 def _check_backend_name(name: str, where: str) -> None:

@@ -15,6 +15,7 @@ import torch
 from ._triton import triton_launcher
 from .checks import check_nm, check_same_device, check_tensor
 from .dispatch import choose, register
+from .float_bits import bits_view
 from .nm_mask import check_nm_mask_args, nm_mask_ref
 from .shapes import as_matrix
 
@@ -111,10 +112,16 @@ def nm_compress_ref(w: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torc
 
 
 def nm_decompress_ref(values: torch.Tensor, indices: torch.Tensor, n: int, m: int) -> torch.Tensor:
-    """Reference: (values, indices) [..., G*n] -> dense [..., G*m], +0.0 where pruned."""
-    dense = torch.zeros((values.numel() // n, m), dtype=values.dtype, device=values.device)
-    dense.scatter_(1, indices.reshape(-1, n).long(), values.reshape(-1, n))
-    return dense.reshape(*values.shape[:-1], values.shape[-1] // n * m)
+    """Reference: (values, indices) [..., G*n] -> dense [..., G*m], +0.0 where pruned.
+
+    The values are moved as integer bit patterns, so every value (NaN payloads and
+    signs included) arrives bit for bit, as in the Triton kernel: CPU ``scatter_`` on
+    bfloat16 rewrites a NaN's bits. Positions are trusted (docs/ops.md#invalid-input).
+    """
+    bits = bits_view(values.contiguous()).reshape(-1, n)
+    dense = torch.zeros((bits.shape[0], m), dtype=bits.dtype, device=values.device)
+    dense.scatter_(1, indices.reshape(-1, n).long(), bits)
+    return dense.view(values.dtype).reshape(*values.shape[:-1], values.shape[-1] // n * m)
 
 
 register("nm_compress", "reference")(nm_compress_ref)
