@@ -36,8 +36,12 @@ def test_case_log_appends_header_then_cases(tmp_path: Path) -> None:
     log.case([{"a": 1}], [common.summary_row("c", "ours", 1.0, "base", 2.0)])
     entries = lines(path)
     assert [e["type"] for e in entries] == ["header", "case"]
-    assert entries[0] == {"benchmark": "demo", "type": "header", "planned_cases": 2,
-                          "header": {"benchmark": "demo", "reps": 3}}  # fmt: skip
+    assert entries[0] == {
+        "benchmark": "demo",
+        "type": "header",
+        "planned_cases": 2,
+        "header": {"benchmark": "demo", "reps": 3},
+    }
     assert entries[1]["rows"][0]["ratio"] == 2.0 and entries[1]["records"] == [{"a": 1}]
     common.CaseLog(None, {"benchmark": "demo"}, 1).case([], [])  # no file: nothing written
 
@@ -56,13 +60,16 @@ def test_compare_gives_ratio_or_the_reason() -> None:
 
 def test_sparse24_gemm_rows() -> None:
     base = {"n": 4096, "k": 4096, "m": 16, "dtype": "float16"}
-    records = [{**base, "impl": "cusparselt", "skipped": "unavailable: RuntimeError: no"},
-               {**base, "impl": "step-cuda", "median_ms": 0.05},
-               {**base, "impl": "dense", "median_ms": 0.08}]  # fmt: skip
+    records = [
+        {**base, "impl": "cusparselt", "skipped": "unavailable: RuntimeError: no"},
+        {**base, "impl": "step-cuda", "median_ms": 0.05},
+        {**base, "impl": "dense", "median_ms": 0.08},
+    ]
     rows = bench_sparse24_gemm.summary_rows(records)
     assert [(r["case"], r["baseline"]) for r in rows] == [
-        ("4096x4096 M=16 float16", "cuBLAS dense"), ("4096x4096 M=16 float16", "cuSPARSELt")
-    ]  # fmt: skip
+        ("4096x4096 M=16 float16", "cuBLAS dense"),
+        ("4096x4096 M=16 float16", "cuSPARSELt"),
+    ]
     assert rows[0]["ratio"] == pytest.approx(1.6) and rows[1]["ratio"] is None
     assert rows[1]["baseline_note"].startswith("unavailable")
 
@@ -81,9 +88,17 @@ def test_nm_matmul_rows() -> None:
 
 
 def test_inference_rows() -> None:
-    record = {"shape": [4096, 4096], "nm": "2:4", "tokens": 16, "dtype": "float16",
-              "layout": "sparse24", "auto_backend": "cuda", "sparse_ms": 0.02,
-              "dense_ms": 0.03, "reference_ms": 0.3}  # fmt: skip
+    record = {
+        "shape": [4096, 4096],
+        "nm": "2:4",
+        "tokens": 16,
+        "dtype": "float16",
+        "layout": "sparse24",
+        "auto_backend": "cuda",
+        "sparse_ms": 0.02,
+        "dense_ms": 0.03,
+        "reference_ms": 0.3,
+    }
     rows = bench_inference.summary_rows([record])
     assert [(r["ours"], r["ratio"]) for r in rows] == [
         ("frozen sparse24 (cuda)", pytest.approx(1.5)),
@@ -94,12 +109,16 @@ def test_inference_rows() -> None:
 def test_optimizer_and_sparsify_rows() -> None:
     records = [
         {"case": "copy", "dtype": "float32", "backend": "torch", "median_ms": 1.0},
-        {"case": "adamw", "dtype": "float32", "backend": "fused", "params": 2e8,
-         "median_ms": 2.0},
-        {"case": "step_precondition", "dtype": "float32", "backend": "auto",
-         "resolved_backend": "triton", "median_ms": 1.6},
+        {"case": "adamw", "dtype": "float32", "backend": "fused", "params": 2e8, "median_ms": 2.0},
+        {
+            "case": "step_precondition",
+            "dtype": "float32",
+            "backend": "auto",
+            "resolved_backend": "triton",
+            "median_ms": 1.6,
+        },
         {"case": "step", "dtype": "float32", "backend": "cuda", "skipped": "no cuda impl"},
-    ]  # fmt: skip
+    ]
     rows = bench_optimizer.summary_rows(records)
     assert [(r["case"], r["ours"], r["baseline"]) for r in rows] == [
         ("200M params float32", "step_precondition (auto (triton))", "AdamW(fused)"),
@@ -107,8 +126,10 @@ def test_optimizer_and_sparsify_rows() -> None:
     ]
     assert rows[0]["ratio"] == pytest.approx(1.25) and rows[1]["ours_note"] == "no cuda impl"
     shape = {"rows": 4096, "k": 11008, "dtype": "float16"}
-    records = [{**shape, "op": "copy", "backend": "torch", "median_ms": 0.1},
-               {**shape, "op": "nm_mask", "backend": "triton", "median_ms": 0.08}]  # fmt: skip
+    records = [
+        {**shape, "op": "copy", "backend": "torch", "median_ms": 0.1},
+        {**shape, "op": "nm_mask", "backend": "triton", "median_ms": 0.08},
+    ]
     (row,) = bench_sparsify.summary_rows(records)
     assert (row["case"], row["ours"], row["ratio"]) == (
         "4096x11008 float16",
@@ -142,8 +163,22 @@ def test_sparse24_gemm_quick_needs_a_gpu(capsys) -> None:
 
 def test_a_cpu_run_appends_every_case(tmp_path: Path) -> None:
     jsonl = tmp_path / "sparsify.jsonl"
-    argv = ["--device", "cpu", "--shapes", "64x64,32x128", "--dtypes", "float16", "--reps", "1",
-            "--warmup", "0", "--out", str(tmp_path), "--jsonl", str(jsonl)]  # fmt: skip
+    argv = [
+        "--device",
+        "cpu",
+        "--shapes",
+        "64x64,32x128",
+        "--dtypes",
+        "float16",
+        "--reps",
+        "1",
+        "--warmup",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--jsonl",
+        str(jsonl),
+    ]
     assert bench_sparsify.main(argv) == 0
     entries = lines(jsonl)
     assert [e["type"] for e in entries] == ["header", "case", "case"]

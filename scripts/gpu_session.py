@@ -12,29 +12,33 @@ each checked to be under 16 MiB before the script exits:
   Markdown, ``nvidia-smi`` (never the compile caches)
 * ``results.json``: the summary, machine-readable
 
-Phases, with ``--budget 540``: ``install`` (``pip install --no-deps --no-build-isolation
--e .``, at most 60 s), ``preflight`` (versions, device, compilers, backends; at most 30 s),
+Phases, with ``--budget 540``: ``install`` (the wheels in ``.gpu_session/wheels/`` that
+are not installed, e.g. hypothesis for two gpu test modules, since the GPU machines have
+no registry; then ``pip install --no-deps --no-build-isolation -e .``; at most 60 s),
+``preflight`` (versions, device, compilers, backends; at most 30 s),
 ``tests`` (``python -m pytest -m gpu tests`` in ``--workers`` pytest-xdist workers,
-``--test-timeout`` per test, ``--tests-share`` of what is left), ``bench`` (the five
+``--test-timeout`` per test, ``--tests-share`` of what is left; pyproject's ``addopts``
+dropped, a module that fails to import does not stop the others), ``bench`` (the five
 runners of ``benchmarks/`` with ``--quick``, each given a share of what is left and
 appending each finished case to its JSON lines, so a runner stopped at its deadline keeps
 what it measured), then the outputs (15 s kept in reserve). A command past its deadline
 gets SIGINT (pytest then still writes its junit), then SIGKILL; where no junit was
 written, one is rebuilt from pytest's log.
 
-The verdict is FAIL (exit status 1) when a test fails or errs, when more than half of the
-gpu tests were skipped or none ran (e.g. the Triton backend reported itself unavailable),
-when a log shows a CUDA error or a crashed worker, when a benchmark runner fails or one
-of our implementations gives a wrong result, when the device or a backend is missing, or
-when the outputs break the limits; PARTIAL (exit status 3) when a phase was stopped at
-its deadline; else PASS (0). Summary and archive are also rewritten after every phase,
-so a run killed from outside leaves a summary that says how far it got (``INCOMPLETE``).
+The verdict is FAIL (exit status 1) when a test fails or errs or a test module cannot be
+imported, when more than half of the gpu tests were skipped or none ran (e.g. the Triton
+backend reported itself unavailable), when a log shows a CUDA error or a crashed worker,
+when a benchmark runner fails or one of our implementations gives a wrong result, when
+the device or a backend is missing, or when the outputs break the limits; PARTIAL (exit
+status 3) when a phase was stopped at its deadline; else PASS (0). Summary and archive
+are also rewritten after every phase, so a run killed from outside leaves a summary that
+says how far it got (``INCOMPLETE``).
 
 Compile caches (Triton, CuPy, the CPU kernels' ``STEP_CACHE_DIR``) live in the
 git-ignored ``.gpu_session/cache/``, so a second call on the same warm machine reuses
 them. ``TRITON_INTERPRET`` is removed from every command's environment.
 
-``--dry-run`` (CPU, seconds) exercises all of it but the GPU work: no install, a
+``--dry-run`` (CPU, about half a minute) exercises all of it but the GPU work: no install, a
 generated module of four tests instead of the gpu tests, the CPU-capable benchmark
 runners on tiny sizes, the GPU-only ones skipped with a note; the verdict is then
 ``DRY-RUN OK`` or ``FAIL``. ``--study`` runs the accuracy study's ``[gpu]`` configurations
@@ -100,14 +104,21 @@ DISTS = (
     "pytest",
     "pytest-xdist",
     "pytest-timeout",
+    "hypothesis",
+    "expecttest",
+    "pytest-benchmark",
     "step-sparsity",
 )
+"""Distributions the preflight reports (the test extras among them: a gpu test module
+importing one that is missing fails to collect)."""
 CUDA_ERROR = re.compile(
     r"CUDA error|illegal memory access|device-side assert|cudaError\w+|CUDA_ERROR_\w+"
     r"|unspecified launch failure|misaligned address|worker '?gw\d+'? crashed|node down"
     r"|Fatal Python error|Segmentation fault|core dumped"
 )
 """Lines of a log or junit text that mean the device (or a worker) was poisoned."""
+ERROR_LINE = re.compile(r"^(E\s+)?([\w.]*(Error|Exception)\b|ERROR\b|\S+: error:)")
+"""A line naming an exception or an error (see :func:`last_error_line`)."""
 TEST_TIMEOUT = re.compile(r"\+{5,} Timeout \+{5,}")
 """pytest-timeout's banner when a test runs past ``--timeout``."""
 OUTCOME_LINE = (
@@ -227,6 +238,15 @@ def _signal_group(pgid: int, sig: int) -> None:
         pass
 
 
+def last_error_line(text: str) -> str:
+    """The last line of ``text`` that looks like an exception or error message (also
+    pytest's ``E   SomeError: ...`` and ``ERROR ...`` lines); "" if none."""
+    for line in reversed(text.splitlines()):
+        if ERROR_LINE.match(line.strip()):
+            return line.strip()[:300]
+    return ""
+
+
 def child_env(work: Path) -> dict[str, str]:
     """The environment of every command: compile caches under ``work/cache``, unbuffered
     Python output (logs complete up to a kill), and no ``TRITON_INTERPRET`` (Triton 3.6's
@@ -337,6 +357,7 @@ def preflight(stage: Path, env: dict[str, str], seconds: float) -> dict[str, Any
     finished = run_until(cmd, probe_log, left - 2.0, env, grace_s=2.0)
     data["probe"] = read_probe(probe_log) if finished.returncode == 0 else None
     data["probe_exit"] = finished.returncode
+    data["probe_error"] = last_error_line(probe_log.read_text(errors="replace"))
     (stage / "preflight.json").write_text(json.dumps(data, indent=2) + "\n")
     return data
 
@@ -357,7 +378,9 @@ def preflight_problems(data: dict[str, Any], dry_run: bool) -> list[Problem]:
     if probe is None:
         return [
             Problem(
-                "FAIL", f"the device probe failed (exit {data['probe_exit']}): see logs/probe.log"
+                "FAIL",
+                f"the device probe failed (exit {data['probe_exit']}): "
+                f"{data['probe_error'] or 'see logs/probe.log'}",
             )
         ]
     problems = []
@@ -394,6 +417,8 @@ class GpuTestReport:
     failures: list[list[str]] = field(default_factory=list)
     """``[test id, first line of the message]`` of each failed or erring test."""
     skip_reasons: dict[str, int] = field(default_factory=dict)
+    uncollected: list[list[str]] = field(default_factory=list)
+    """``[module, its error]`` of each test module pytest could not import."""
     planned: int | None = None
     returncode: int | None = None
     deadline_hit: bool = False
@@ -403,6 +428,8 @@ class GpuTestReport:
     timeouts: int = 0
     command: str = ""
     seconds: float = 0.0
+    error_tail: str = ""
+    """The log's last error line (for an abnormal pytest exit)."""
 
     @property
     def total(self) -> int:
@@ -414,7 +441,9 @@ def pytest_command(
 ) -> list[str]:
     """``python -m pytest`` on ``selection``, verbose (the log names each outcome), junit
     to ``junit``; in ``workers`` pytest-xdist workers and with pytest-timeout's
-    ``test_timeout`` per test where those plugins are installed."""
+    ``test_timeout`` per test where those plugins are installed. pyproject's ``addopts``
+    are dropped (``--benchmark-disable`` needs pytest-benchmark, absent on the GPU
+    machines), and a module that fails to import does not stop the others."""
     cmd = [
         sys.executable,
         "-m",
@@ -428,6 +457,9 @@ def pytest_command(
         f"--junitxml={junit}",
         "-o",
         "junit_family=xunit2",
+        "-o",
+        "addopts=",
+        "--continue-on-collection-errors",
     ]
     installed = dist_versions()
     xdist = installed["pytest-xdist"]
@@ -451,8 +483,9 @@ def junit_test_id(classname: str, name: str) -> str:
 
 
 def parse_junit(path: Path) -> GpuTestReport:
-    """Counts, failing ids and skip reasons of a pytest junit XML file. Test cases
-    without a name (placeholders of tests interrupted by SIGINT) are not counted."""
+    """Counts, failing ids, modules that failed to collect, and skip reasons of a pytest
+    junit XML file. Test cases without a name (placeholders of tests interrupted by
+    SIGINT) are not counted."""
     report = GpuTestReport()
     for case in ET.parse(path).getroot().iter("testcase"):
         name = case.get("name")
@@ -465,7 +498,11 @@ def parse_junit(path: Path) -> GpuTestReport:
             continue
         message = (tags[outcome].get("message") or tags[outcome].text or "").strip()
         first = message.splitlines()[0][:300] if message else ""
-        if outcome == "skipped":
+        if outcome == "error" and first == "collection failure":
+            why = last_error_line(tags[outcome].text or "") or first
+            module = junit_test_id(name, "")  # pytest names the module, dotted
+            report.uncollected.append([module, why])
+        elif outcome == "skipped":
             report.skipped += 1
             reason = first or "no reason given"
             report.skip_reasons[reason] = report.skip_reasons.get(reason, 0) + 1
@@ -537,6 +574,7 @@ def read_test_report(
     report.returncode = finished.returncode
     report.deadline_hit = finished.deadline_hit
     report.timeouts = len(TEST_TIMEOUT.findall(text))
+    report.error_tail = last_error_line(text)
     report.cuda_errors = cuda_error_lines(log.name, text) + cuda_error_lines(
         junit.name, junit.read_text(errors="replace")
     )
@@ -551,6 +589,14 @@ def tests_problems(report: GpuTestReport) -> list[Problem]:
     if report.failed or report.errors:
         problems.append(
             Problem("FAIL", f"{report.failed} gpu tests failed, {report.errors} had errors")
+        )
+    if report.uncollected:
+        module, why = report.uncollected[0]
+        problems.append(
+            Problem(
+                "FAIL",
+                f"{len(report.uncollected)} test modules could not be collected ({module}: {why})",
+            )
         )
     if report.cuda_errors:
         problems.append(Problem("FAIL", f"CUDA error or crashed worker: {report.cuda_errors[0]}"))
@@ -572,7 +618,8 @@ def tests_problems(report: GpuTestReport) -> list[Problem]:
             Problem("PARTIAL", f"the gpu tests were stopped at their deadline ({left} not run)")
         )
     elif report.returncode not in (0, 1):
-        problems.append(Problem("FAIL", f"pytest exited with status {report.returncode}"))
+        why = f": {report.error_tail}" if report.error_tail else ""
+        problems.append(Problem("FAIL", f"pytest exited with status {report.returncode}{why}"))
     return problems
 
 
@@ -654,14 +701,6 @@ def read_jsonl(path: Path, report: BenchReport) -> None:
         elif entry["type"] == "case":
             report.done += 1
             report.rows += [{"benchmark": report.name, **row} for row in entry["rows"]]
-
-
-def last_error_line(text: str) -> str:
-    """The last line of ``text`` that looks like an exception or error message."""
-    for line in reversed(text.splitlines()):
-        if re.match(r"^\w*(Error|Exception|error)\b|^\w+: error:", line.strip()):
-            return line.strip()[:300]
-    return ""
 
 
 def run_one_bench(
@@ -757,30 +796,48 @@ class Session:
         return new
 
 
+def missing_wheels(folder: Path) -> list[Path]:
+    """The wheels in ``folder`` whose distribution is not installed here."""
+    missing = []
+    for wheel in sorted(folder.glob("*.whl")):
+        try:
+            importlib.metadata.version(wheel.name.split("-")[0])
+        except importlib.metadata.PackageNotFoundError:
+            missing.append(wheel)
+    return missing
+
+
 def install_phase(session: Session, env: dict[str, str]) -> None:
-    """``pip install --no-deps --no-build-isolation -e .`` (the GPU machine has no package
-    registry); FAIL if it fails."""
+    """The wheels of ``work/wheels`` that are not installed (test extras such as
+    hypothesis; the GPU machines have no package registry), then ``pip install
+    --no-deps --no-build-isolation -e .``; FAIL if either fails."""
     phase = session.phase("install", min(INSTALL_MAX_S, session.budget.left() - RESERVE_S))
+    wheels = missing_wheels(session.args.work / "wheels")
+    names = ", ".join(w.name for w in wheels) or "none"
     if session.args.dry_run:
-        phase.status, phase.note = "skipped", "dry run: pip install not run"
+        phase.status = "skipped"
+        phase.note = f"dry run: pip install not run (wheels to install first: {names})"
         return
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--no-deps",
-        "--no-build-isolation",
-        "-q",
-        "-e",
-        ".",
-    ]
-    finished = run_until(cmd, session.stage / "logs" / "install.log", phase.budget_s, env, 2.0)
-    phase.used_s = finished.seconds
-    phase.status = "ok" if finished.returncode == 0 and not finished.deadline_hit else "failed"
-    if phase.status == "failed":
-        phase.note = f"exit status {finished.returncode}: see logs/install.log"
-        session.problems.append(Problem("FAIL", f"pip install -e . failed ({phase.note})"))
+    pip = [sys.executable, "-m", "pip", "install", "--no-deps", "-q"]
+    commands = [[*pip, "--no-index", *map(str, wheels)]] if wheels else []
+    commands.append([*pip, "--no-build-isolation", "-e", "."])
+    phase.note = f"wheels installed first: {names}"
+    phase.status = "ok"
+    start = time.monotonic()
+    for cmd in commands:  # a failed wheel does not stop the package's own install
+        left = phase.budget_s - (time.monotonic() - start)
+        finished = run_until(cmd, session.stage / "logs" / "install.log", left, env, 2.0)
+        if finished.returncode != 0 or finished.deadline_hit:
+            phase.status = "failed"
+            what = " ".join(Path(c).name for c in cmd[6:])
+            session.problems.append(
+                Problem(
+                    "FAIL",
+                    f"pip install {what} failed (exit status "
+                    f"{finished.returncode}): see logs/install.log",
+                )
+            )
+    phase.used_s = time.monotonic() - start
 
 
 def preflight_phase(session: Session, env: dict[str, str]) -> None:
@@ -989,6 +1046,9 @@ def tests_lines(report: GpuTestReport | None) -> list[str]:
         lines += [f"    {tid}: {msg}" for tid, msg in report.failures[:50]]
         if len(report.failures) > 50:
             lines.append(f"    ... {len(report.failures) - 50} more in gpu-tests.xml")
+    if report.uncollected:
+        lines.append("  test modules not collected (their tests did not run):")
+        lines += [f"    {module}: {why}" for module, why in report.uncollected]
     if report.skip_reasons:
         lines.append("  skip reasons:")
         ranked = sorted(report.skip_reasons.items(), key=lambda kv: -kv[1])
@@ -1049,7 +1109,6 @@ def summary_text(session: Session, first_line: str, files: list[str]) -> str:
         f"scripts/gpu_session.py ({mode}{', dry run' if args.dry_run else ''}) on "
         f"{platform.node()} at {time.strftime('%Y-%m-%dT%H:%M:%S%z')}, commit "
         f"{git_commit()}",
-        "",
     ]
     problems = ["Problems", *[f"  {p.level:8} {p.text}" for p in session.problems]]
     sections = [head, problems if session.problems else ["Problems: none"]]
@@ -1141,35 +1200,42 @@ def limit_problems(files: list[tuple[str, int]]) -> list[Problem]:
     return problems
 
 
-def write_outputs(session: Session, final: bool) -> int:
-    """Write the archive, ``results.json`` and ``summary.txt`` to ``$OUT``; when
-    ``final``, check the file count and sizes (a breach is a FAIL, written into both).
-    Returns the exit status."""
+def write_once(session: Session, final: bool) -> int:
+    """Write the archive, then ``results.json``, then ``summary.txt`` (which lists the
+    other two with their sizes) to ``$OUT``; returns the exit status of the verdict."""
     out = session.args.out
     out.mkdir(parents=True, exist_ok=True)
     members = write_archive(session, out / "results.tar.gz")
-    for _ in range(2):  # a second pass only if the limits check adds a problem
-        line, status = verdict(session, final)
-        files = [f"{name}: {size} B" for name, size in out_files(out) if name != "summary.txt"]
-        files += ["summary.txt: this file", "results.tar.gz holds:", *[f"  {m}" for m in members]]
-        payload = {
-            "verdict": line,
-            "exit_status": status,
-            "final": final,
-            "problems": [asdict(p) for p in session.problems],
-            "phases": [asdict(p) for p in session.phases],
-            "preflight": session.preflight,
-            "tests": asdict(session.tests) if session.tests else None,
-            "bench": [asdict(r) for r in session.bench],
-            "archive": members,
-        }
-        (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (out / "summary.txt").write_text(summary_text(session, line, files))
-        new = limit_problems(out_files(out)) if final else []
-        if not new:
-            return status
-        session.problems += new
-    return verdict(session, final)[1]
+    line, status = verdict(session, final)
+    payload = {
+        "verdict": line,
+        "exit_status": status,
+        "final": final,
+        "problems": [asdict(p) for p in session.problems],
+        "phases": [asdict(p) for p in session.phases],
+        "preflight": session.preflight,
+        "tests": asdict(session.tests) if session.tests else None,
+        "bench": [asdict(r) for r in session.bench],
+        "archive": members,
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    files = [f"{name}: {size} B" for name, size in out_files(out) if name != "summary.txt"]
+    files += ["summary.txt: this file", "results.tar.gz holds:", *[f"  {m}" for m in members]]
+    (out / "summary.txt").write_text(summary_text(session, line, files))
+    return status
+
+
+def write_outputs(session: Session, final: bool) -> int:
+    """:func:`write_once`; when ``final``, then check the count and sizes of the files in
+    ``$OUT``, and on a breach add it as a FAIL and write both files again. Returns the
+    exit status."""
+    status = write_once(session, final)
+    if final:
+        breaches = limit_problems(out_files(session.args.out))
+        if breaches:
+            session.problems += breaches
+            status = write_once(session, final)
+    return status
 
 
 def report_files(out: Path) -> None:

@@ -44,8 +44,9 @@ def write(path: Path, text: str) -> Path:
 
 def session_for(tmp_path: Path) -> object:
     """A dry-run session writing to ``tmp_path/out``, staging in ``tmp_path/work``."""
-    args = gs.parse_args(["--dry-run", "--out", str(tmp_path / "out"), "--work",
-                          str(tmp_path / "work")])  # fmt: skip
+    args = gs.parse_args(
+        ["--dry-run", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    )
     return gs.Session(args, gs.Budget(args.budget), gs.prepare_stage(args))
 
 
@@ -58,8 +59,12 @@ def test_dry_run_writes_three_small_files_with_the_verdict_first(tmp_path: Path)
     env.pop("TRITON_INTERPRET", None)
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--dry-run", "--work", str(work)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     summary = (out / "summary.txt").read_text()
     assert proc.returncode == 0, summary
     files = sorted(p for p in out.rglob("*") if p.is_file())
@@ -71,13 +76,24 @@ def test_dry_run_writes_three_small_files_with_the_verdict_first(tmp_path: Path)
     assert "nm_matmul      skipped" in summary and "dry run: GPU only" in summary
     result = json.loads((out / "results.json").read_text())
     assert result["verdict"] == first and result["exit_status"] == 0 and result["final"]
-    assert [p["name"] for p in result["phases"]] == ["install", "preflight", "tests", "bench",
-                                                     "pack"]  # fmt: skip
+    assert [p["name"] for p in result["phases"]] == [
+        "install",
+        "preflight",
+        "tests",
+        "bench",
+        "pack",
+    ]
     assert {r["name"]: r["status"] for r in result["bench"]}["inference"] == "ok"
     with tarfile.open(out / "results.tar.gz") as tar:
         names = tar.getnames()
-    for name in ("gpu-tests.xml", "logs/gpu-tests.log", "preflight.json", "logs/probe.log",
-                 "bench/inference.jsonl", "bench/sparsify.jsonl"):  # fmt: skip
+    for name in (
+        "gpu-tests.xml",
+        "logs/gpu-tests.log",
+        "preflight.json",
+        "logs/probe.log",
+        "bench/inference.jsonl",
+        "bench/sparsify.jsonl",
+    ):
         assert name in names
     assert not any("cache" in n for n in names)  # the compile caches stay on the machine
     assert (work / "cache" / "triton").is_dir()
@@ -103,19 +119,24 @@ def test_child_env_has_caches_and_no_interpreter(tmp_path: Path, monkeypatch) ->
 
 
 def test_junit_counts_ids_and_skip_reasons(tmp_path: Path) -> None:
-    path = write(tmp_path / "j.xml", junit_xml(
-        '<testcase classname="tests.test_a" name="test_ok[1]" />'
-        '<testcase classname="tests.test_a.TestC" name="test_bad">'
-        '<failure message="AssertionError: 1 != 2&#10;more">tb</failure></testcase>'
-        '<testcase classname="tests.test_b" name="test_err"><error message="boom" /></testcase>'
-        '<testcase classname="tests.test_b" name="test_skip">'
-        '<skipped type="pytest.skip" message="needs cupy" /></testcase>'
-        '<testcase time="0.000" />'  # a placeholder left by SIGINT: not counted
-    ))  # fmt: skip
+    path = write(
+        tmp_path / "j.xml",
+        junit_xml(
+            '<testcase classname="tests.test_a" name="test_ok[1]" />'
+            '<testcase classname="tests.test_a.TestC" name="test_bad">'
+            '<failure message="AssertionError: 1 != 2&#10;more">tb</failure></testcase>'
+            '<testcase classname="tests.test_b" name="test_err"><error message="boom" /></testcase>'
+            '<testcase classname="tests.test_b" name="test_skip">'
+            '<skipped type="pytest.skip" message="needs cupy" /></testcase>'
+            '<testcase time="0.000" />'  # a placeholder left by SIGINT: not counted
+        ),
+    )
     report = gs.parse_junit(path)
     assert (report.passed, report.failed, report.errors, report.skipped) == (1, 1, 1, 1)
-    assert report.failures == [["tests/test_a.py::TestC::test_bad", "AssertionError: 1 != 2"],
-                               ["tests/test_b.py::test_err", "boom"]]  # fmt: skip
+    assert report.failures == [
+        ["tests/test_a.py::TestC::test_bad", "AssertionError: 1 != 2"],
+        ["tests/test_b.py::test_err", "boom"],
+    ]
     assert report.skip_reasons == {"needs cupy": 1}
     report.returncode = 1
     assert [p.text for p in gs.tests_problems(report)] == ["1 gpu tests failed, 1 had errors"]
@@ -123,8 +144,10 @@ def test_junit_counts_ids_and_skip_reasons(tmp_path: Path) -> None:
 
 def test_all_skipped_fails_with_the_reason(tmp_path: Path) -> None:
     reason = "needs a CUDA GPU with compute capability &gt;= 8.0"
-    cases = "".join(f'<testcase classname="tests.test_a" name="t{i}"><skipped message="{reason}"'
-                    " /></testcase>" for i in range(5))  # fmt: skip
+    cases = "".join(
+        f'<testcase classname="tests.test_a" name="t{i}"><skipped message="{reason}" /></testcase>'
+        for i in range(5)
+    )
     report = gs.parse_junit(write(tmp_path / "j.xml", junit_xml(cases)))
     report.returncode = 0  # pytest exits 0 when everything is skipped
     problems = gs.tests_problems(report)
@@ -132,6 +155,54 @@ def test_all_skipped_fails_with_the_reason(tmp_path: Path) -> None:
     assert (
         "5 of 5 gpu tests skipped" in problems[0].text and "compute capability" in problems[0].text
     )
+
+
+def test_a_module_that_fails_to_import_is_reported_apart(tmp_path: Path) -> None:
+    text = (
+        "ImportError while importing test module 'tests/test_nm_mask.py'.\nTraceback:\n"
+        "E   ModuleNotFoundError: No module named 'hypothesis'"
+    )
+    path = write(
+        tmp_path / "j.xml",
+        junit_xml(
+            f'<testcase classname="" name="tests.test_nm_mask"><error message="collection failure">'
+            f"{text}</error></testcase>"
+            '<testcase classname="tests.test_a" name="t" />'
+        ),
+    )
+    report = gs.parse_junit(path)
+    report.returncode = 1
+    assert (report.passed, report.errors) == (1, 0)
+    assert report.uncollected == [
+        ["tests/test_nm_mask.py", "E   ModuleNotFoundError: No module named 'hypothesis'"]
+    ]
+    (problem,) = gs.tests_problems(report)
+    assert problem.level == "FAIL" and problem.text.startswith("1 test modules could not be")
+    assert "hypothesis" in "\n".join(gs.tests_lines(report))
+
+
+def test_pytest_command_drops_addopts_and_uses_the_plugins_present(monkeypatch) -> None:
+    junit = Path("j.xml")
+    cmd = gs.pytest_command(["-m", "gpu", "tests"], junit, workers=8, test_timeout=120)
+    assert cmd[1:6] == ["-m", "pytest", "-m", "gpu", "tests"]
+    assert "addopts=" in cmd and "--continue-on-collection-errors" in cmd
+    assert "--junitxml=j.xml" in cmd
+    present = {name: "3.8.0" for name in gs.DISTS}
+    monkeypatch.setattr(gs, "dist_versions", lambda: present)
+    cmd = gs.pytest_command(["tests"], junit, workers=8, test_timeout=120)
+    assert cmd[cmd.index("-n") : cmd.index("-n") + 4] == ["-n", "8", "--dist", "worksteal"]
+    assert "--timeout=120" in cmd and "--timeout-method=thread" in cmd
+    monkeypatch.setattr(gs, "dist_versions", lambda: dict.fromkeys(gs.DISTS))
+    cmd = gs.pytest_command(["tests"], junit, workers=8, test_timeout=120)
+    assert "-n" not in cmd and not any(c.startswith("--timeout") for c in cmd)
+
+
+def test_only_missing_wheels_are_installed(tmp_path: Path) -> None:
+    for name in ("pytest-9.0.0-py3-none-any.whl", "no_such_dist_xyz-1.0-py3-none-any.whl"):
+        write(tmp_path / name, "")
+    assert [w.name for w in gs.missing_wheels(tmp_path)] == [
+        "no_such_dist_xyz-1.0-py3-none-any.whl"
+    ]
 
 
 def test_no_test_ran_fails(tmp_path: Path) -> None:
@@ -166,13 +237,18 @@ def test_a_clean_log_has_no_cuda_error() -> None:
 
 
 def test_junit_rebuilt_from_a_verbose_log(tmp_path: Path) -> None:
-    log = write(tmp_path / "gpu-tests.log", "\n".join([
-        "6 workers [4 items]",
-        "[gw0] [ 25%] PASSED tests/test_a.py::test_x[1-float16]",
-        "[gw1] [ 50%] FAILED tests/test_a.py::TestC::test_y",
-        "[gw0] [ 75%] SKIPPED tests/test_b.py::test_z",
-        "tests/test_c.py::test_w PASSED                 [100%]",
-    ]))  # fmt: skip
+    log = write(
+        tmp_path / "gpu-tests.log",
+        "\n".join(
+            [
+                "6 workers [4 items]",
+                "[gw0] [ 25%] PASSED tests/test_a.py::test_x[1-float16]",
+                "[gw1] [ 50%] FAILED tests/test_a.py::TestC::test_y",
+                "[gw0] [ 75%] SKIPPED tests/test_b.py::test_z",
+                "tests/test_c.py::test_w PASSED                 [100%]",
+            ]
+        ),
+    )
     junit = tmp_path / "gpu-tests.xml"  # pytest was killed before writing it
     report = gs.read_test_report(junit, log, gs.Finished(-9, 30.0, True), ["pytest"])
     assert junit.exists() and report.junit == "rebuilt from the log"
@@ -248,14 +324,22 @@ def case_line(rows: list[dict]) -> str:
 
 
 def row(note: str = "", ratio: float | None = 1.5) -> dict:
-    return {"case": "4096x4096 2:4 T=1 float16", "ours": "nm-compressed", "ours_ms": 0.02,
-            "baseline": "dense", "baseline_ms": 0.03, "ratio": ratio, "ours_note": note,
-            "baseline_note": ""}  # fmt: skip
+    return {
+        "case": "4096x4096 2:4 T=1 float16",
+        "ours": "nm-compressed",
+        "ours_ms": 0.02,
+        "baseline": "dense",
+        "baseline_ms": 0.03,
+        "ratio": ratio,
+        "ours_note": note,
+        "baseline_note": "",
+    }
 
 
 def test_jsonl_read_back_with_a_cut_last_line(tmp_path: Path) -> None:
-    header = json.dumps({"benchmark": "nm_matmul", "type": "header", "planned_cases": 3,
-                         "header": {}})  # fmt: skip
+    header = json.dumps(
+        {"benchmark": "nm_matmul", "type": "header", "planned_cases": 3, "header": {}}
+    )
     path = write(tmp_path / "nm.jsonl", "\n".join([header, case_line([row()]), '{"bench']))
     report = gs.BenchReport("nm_matmul", status="deadline")
     gs.read_jsonl(path, report)
@@ -294,8 +378,10 @@ def test_limits_on_count_and_size(tmp_path: Path) -> None:
     with (tmp_path / "big.bin").open("wb") as f:
         f.truncate(16 * 2**20)
     texts = [p.text for p in gs.limit_problems(gs.out_files(tmp_path))]
-    assert texts == ["$OUT holds 6 files (limit 4)", f"$OUT/big.bin is {16 * 2**20} B (limit < "
-                     f"{16 * 2**20} B)"]  # fmt: skip
+    assert texts == [
+        "$OUT holds 6 files (limit 4)",
+        f"$OUT/big.bin is {16 * 2**20} B (limit < {16 * 2**20} B)",
+    ]
 
 
 def test_a_big_log_keeps_head_and_tail_in_the_archive(tmp_path: Path, monkeypatch) -> None:
@@ -307,6 +393,15 @@ def test_a_big_log_keeps_head_and_tail_in_the_archive(tmp_path: Path, monkeypatc
     with tarfile.open(tmp_path / "a.tar.gz") as tar:
         data = tar.extractfile("logs/big.log").read()
     assert data.startswith(b"H" * 50) and data.endswith(b"T" * 50) and len(data) < 200
+
+
+def test_foreign_files_in_out_fail_the_run(tmp_path: Path) -> None:
+    session = session_for(tmp_path)
+    for name in ("a.txt", "b.txt"):
+        write(session.args.out / "old" / name, "left over")
+    assert gs.write_outputs(session, final=True) == 1
+    summary = (session.args.out / "summary.txt").read_text()
+    assert summary.startswith("FAIL: $OUT holds 5 files (limit 4)")
 
 
 def test_an_incomplete_session_says_so(tmp_path: Path) -> None:
