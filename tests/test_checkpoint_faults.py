@@ -297,3 +297,12 @@ def test_resume_of_a_damaged_checkpoint_is_one_clear_error(tmp_path):
     rewrite(tmp_path / "run" / "checkpoint", lambda t, m: t["/rng"].bitwise_not_())
     with pytest.raises(SystemExit, match=r"^step-sparsity train: .*do not match the digest"):
         main(["train", "--resume", str(tmp_path / "run"), "--quiet"])
+
+
+def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
+    start(config_file(tmp_path, "asp"), tmp_path / "run")
+    saved = tmp_path / "run" / "config.json"
+    saved.write_text(saved.read_text().replace('"recipe": "asp"', '"recipe": "step"'))
+    with pytest.raises(SystemExit, match=r"does not fit the run configured in its config.json"
+                       r": .*\['name'\] is 'asp': the state of another recipe"):  # fmt: skip
+        main(["train", "--resume", str(tmp_path / "run"), "--quiet"])

@@ -68,9 +68,18 @@ def _state(model, opt, sched, t: int) -> dict[str, Any]:
     return state
 
 
-def _restore(state, model, opt, sched) -> int:
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+def _restore(state: dict[str, Any], model, opt, sched, where: Path) -> int:
+    """Load a checkpoint's ``state`` into the run's fresh objects; the step it was taken
+    at. A state that does not fit the run's configuration (an edited ``config.json``, a
+    copied checkpoint) is a :class:`~.checkpoint.CheckpointError` naming both."""
+    try:
+        model.load_state_dict(state["model"])  # RuntimeError: missing keys, other shapes
+        opt.load_state_dict(state["optimizer"])  # ValueError: another recipe or model
+    except (RuntimeError, ValueError) as e:
+        raise checkpoint.CheckpointError(
+            f"{where} does not fit the run configured in its config.json: {e}. Resume it "
+            "with the configuration it was saved with, or start a new run"
+        ) from None
     sched.load_state_dict(state["schedule"])
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
@@ -112,7 +121,8 @@ def _begin(cfg: TrainConfig, run_dir: Path, resume: bool, model, opt, sched) -> 
         return 0
     start = 0
     if checkpoint.exists(run_dir / "checkpoint"):
-        start = _restore(checkpoint.load(run_dir / "checkpoint"), model, opt, sched)
+        where = run_dir / "checkpoint"
+        start = _restore(checkpoint.load(where), model, opt, sched, where)
     else:
         print(f"{run_dir}: no committed checkpoint (the run stopped before its first one): "
               "starting it again from step 0")  # fmt: skip
