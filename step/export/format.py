@@ -49,6 +49,18 @@ def sha256(t: torch.Tensor) -> str:
     return hashlib.sha256(data.numpy().tobytes()).hexdigest()
 
 
+def positive_zeros(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every -0.0 made +0.0, all other values (NaN payloads included) bit for
+    bit; ``t`` itself when it holds no -0.0 (or is not floating point). Exports never
+    write -0.0, and :func:`step.load_sparse` reads one as +0.0 (docs/formats.md)."""
+    if not t.is_floating_point():
+        return t
+    negative_zero = (t == 0) & torch.signbit(t)
+    if not bool(negative_zero.any()):
+        return t
+    return t.masked_fill(negative_zero, 0.0)
+
+
 def grouped_2d(w: torch.Tensor, axis: int) -> torch.Tensor:
     """``w`` with its reduction ``axis`` last, flattened to ``[rows, K]``."""
     moved = w.movedim(axis, -1)
@@ -107,6 +119,43 @@ def check_sparse_entry(
         raise ValueError(f"{source}: {name}: axis {axis!r} of shape {shape} does not split "
                          f"into groups of m={m}")  # fmt: skip
     return spec
+
+
+def weight_key(layer: str) -> str:
+    """The ``state_dict`` key of a layer's weight (``"weight"`` for the root module)."""
+    return f"{layer}.weight" if layer else "weight"
+
+
+def check_plan_matches(
+    sparse: dict[str, dict[str, Any]],
+    plan: dict[str, Any],
+    aliases: dict[str, str],
+    source: str,
+    entries: str,
+) -> None:
+    """The plan's sparse layers and the file's sparse weight entries (``entries`` names
+    where they are listed) are the same layers with the same N:M. A layer in one but
+    not the other would load as a dense layer holding N:M data (or the reverse)."""
+    listed = {}
+    for layer, spec in plan["layers"].items():
+        key = weight_key(layer)
+        entry = sparse.get(aliases.get(key, key))
+        if entry is None:
+            raise ValueError(
+                f"{source}: layer {layer!r} is {spec['n']}:{spec['m']} sparse in the plan but "
+                f"its weight {key!r} has no entry in {entries}, so it would load as a dense "
+                "layer; the file is incomplete or was edited: export the model again"
+            )
+        if (entry["n"], entry["m"]) != (spec["n"], spec["m"]):
+            raise ValueError(f"{source}: layer {layer!r} is {spec['n']}:{spec['m']} in the plan "
+                             f"but {entry['n']}:{entry['m']} in {entries}")  # fmt: skip
+        listed[aliases.get(key, key)] = layer
+    unplanned = sorted(set(sparse) - set(listed))
+    if unplanned:
+        raise ValueError(
+            f"{source}: {entries} lists sparse weight(s) {unplanned[:8]} whose layers are not "
+            "in the plan; the file is incomplete or was edited: export the model again"
+        )
 
 
 def expected_compressed_shapes(spec: dict[str, Any]) -> dict[str, tuple[tuple, torch.dtype]]:

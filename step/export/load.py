@@ -1,9 +1,12 @@
 """``step.load_sparse``: an exported checkpoint back into a model, in inference mode.
 
-Everything is validated before the model is touched: the header (format version, N:M,
-layouts), the tensors against the model (missing, extra, shapes, dtypes), checksums
+Everything is validated before the model is touched: the arguments, the header (format
+version, N:M, layouts, the plan listing the same sparse layers as the entries), the
+tensors against the model (missing, extra, shapes, dtypes, sparse layers), checksums
 (truncated or corrupted files), and the sparse data itself (2:4 metadata codes, N:M
-positions, exact N:M of dense weights). Only safetensors and JSON are read: no pickle.
+positions, exact N:M of dense weights). The model then changes inside
+:func:`~step.nn.rollback.unchanged_on_failure`, on new tensors, so a failure while it
+changes leaves it as it was. Only safetensors and JSON are read: no pickle.
 """
 
 from __future__ import annotations
@@ -14,14 +17,27 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..nn.checks import check_module, check_path
 from ..nn.convert import convert, convertible
+from ..nn.rollback import unchanged_on_failure
 from ..nn.sparse_module import SparseWeightMixin
 from ..nn.sparsity import NMSparsity
 from ..ops.compressed_weight import CUTLASS_2TO4, CompressedWeight, from_file_tensors
+from ..ops.dispatch import check_device
 from ..ops.nm_compress import NMCompressed
-from .format import DTYPES, check_cutlass_meta, expected_compressed_shapes, ungrouped
+from .format import (
+    DTYPES,
+    check_cutlass_meta,
+    expected_compressed_shapes,
+    ungrouped,
+    weight_key,
+)
 from .reader import Checkpoint, read_checkpoint
-from .semi_structured import check_semi_structured_device, to_semi_structured
+from .semi_structured import (
+    check_semi_structured_device,
+    check_semi_structured_dtype,
+    to_semi_structured,
+)
 
 
 def _build_model(ckpt: Checkpoint) -> nn.Module:
@@ -90,6 +106,7 @@ def _check_against_model(ckpt: Checkpoint, model: nn.Module) -> None:
                 if ckpt.stored.get(name) != (shape, dtype):
                     raise ValueError(f"{src}: {name!r} should be {dtype} {shape}, found "
                                      f"{ckpt.stored.get(name, 'nothing')}")  # fmt: skip
+    _check_model_sparse_layers(ckpt, modules)
 
 
 def _check_layer(src: str, weight: str, spec: dict, layer: nn.Module | None) -> None:
@@ -106,6 +123,19 @@ def _check_layer(src: str, weight: str, spec: dict, layer: nn.Module | None) -> 
     if spec["axis"] % len(spec["shape"]) != axis:
         raise ValueError(f"{src}: {weight} is grouped along axis {spec['axis']} in the file "
                          f"but the layer groups along axis {axis}")  # fmt: skip
+
+
+def _check_model_sparse_layers(ckpt: Checkpoint, modules: dict[str, nn.Module]) -> None:
+    """A layer the model already has sparse is sparse in the file too: a dense weight
+    loaded into it would run under a mask the file knows nothing of."""
+    for name, layer in modules.items():
+        key = weight_key(name)
+        if isinstance(layer, SparseWeightMixin) and ckpt.aliases.get(key, key) not in ckpt.sparse:
+            raise ValueError(
+                f"{ckpt.file}: the model's layer {name!r} is {layer.sparsity.n}:"
+                f"{layer.sparsity.m} sparse but the file holds {key!r} as a dense tensor; "
+                "load into a model without that sparse layer (a fresh instance of its class)"
+            )
 
 
 def _layer_axis(layer: nn.Module) -> int:
@@ -144,7 +174,7 @@ def verify_export(path: str | Path) -> int:
     """Read an export of either format and check every sparse weight's data as
     :func:`load_sparse` does (checksums, metadata codes, positions, exact N:M), without a
     model. Returns how many sparse weights were checked; raises ``ValueError``."""
-    ckpt = read_checkpoint(path)
+    ckpt = read_checkpoint(check_path(path))
     for weight, spec in ckpt.sparse.items():
         _read_sparse(ckpt, weight, spec)
     return len(ckpt.sparse)
@@ -169,29 +199,88 @@ def load_sparse(
 
     Returns:
         The model with the exported layers N:M sparse and frozen, in ``eval()`` mode.
+        Its parameters are new tensors read from the file (the old ones are never
+        written to). A -0.0 in the file is read as +0.0 (exports never write one).
 
     Raises:
-        ValueError: anything in the file that does not fit (named), before the model
-            is changed. FileNotFoundError: no export at ``path``.
+        TypeError: an argument of the wrong type (named). ValueError: a device that
+            cannot be used, or anything in the file that does not fit the model
+            (named). FileNotFoundError: no export at ``path``. All are raised before
+            the model is changed; and should anything fail while it changes (a kernel
+            that cannot run, memory), the model is put back as it was.
     """
-    if semi_structured:
-        check_semi_structured_device(device)
+    path, dev = _check_load_args(path, model, device, semi_structured)
     ckpt = read_checkpoint(path)
     if model is None:
         model = _build_model(ckpt)
     _check_against_model(ckpt, model)
+    if semi_structured:
+        _check_semi_structured_layers(ckpt, model)
     sparse = {w: _read_sparse(ckpt, w, spec) for w, spec in ckpt.sparse.items()}
-    state = {
-        name: ckpt.tensor(name)
-        for name in ckpt.stored
-        if name not in {n for w in ckpt.sparse for n in ckpt.stored_names(w).values()}
-    }
-    state.update({w: dense for w, (dense, _, _) in sparse.items()})
-    state.update({alias: state[target] for alias, target in ckpt.aliases.items()})
-    # validated: from here on the model changes
-    convert(model, {w.rpartition(".")[0]: (s["n"], s["m"]) for w, s in ckpt.sparse.items()})
-    model.to(device)
-    model.load_state_dict(state, strict=True)
+    state = _new_state(ckpt, sparse, model, dev)
+    # validated: from here on the model changes, all of it or (on failure) none of it
+    with unchanged_on_failure(model):
+        model.load_state_dict(state, strict=True, assign=True)
+        convert(model, {w.rpartition(".")[0]: (s["n"], s["m"]) for w, s in ckpt.sparse.items()})
+        model.to(dev)
+        _freeze_loaded(model, sparse, dev)
+        if semi_structured:
+            to_semi_structured(model)
+    return model.eval()
+
+
+def _check_load_args(
+    path: object, model: object, device: object, semi_structured: object
+) -> tuple[Path, torch.device]:
+    """:func:`load_sparse`'s arguments, checked before anything is read."""
+    path = check_path(path)
+    if model is not None:
+        check_module(model)
+    dev = check_device(device)
+    if not isinstance(semi_structured, bool):
+        raise TypeError(f"semi_structured must be True or False, got "
+                        f"{type(semi_structured).__name__} {semi_structured!r}")  # fmt: skip
+    if semi_structured:
+        check_semi_structured_device(dev)
+    return path, dev
+
+
+def _check_semi_structured_layers(ckpt: Checkpoint, model: nn.Module) -> None:
+    """Every layer that ``semi_structured=True`` converts (2:4, linear-like) is half."""
+    modules = dict(model.named_modules())
+    for weight, spec in ckpt.sparse.items():
+        layer = modules[weight.rpartition(".")[0]]
+        if (spec["n"], spec["m"]) == (2, 4) and not isinstance(layer, nn.Conv2d):
+            check_semi_structured_dtype(weight, DTYPES[spec["dtype"]])
+
+
+def _new_state(
+    ckpt: Checkpoint, sparse: dict[str, tuple], model: nn.Module, device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Every ``state_dict`` entry of ``model`` as a new tensor on ``device`` (a new
+    ``nn.Parameter`` for a parameter, one per tied group of the model) to assign."""
+    claimed = {n for w in ckpt.sparse for n in ckpt.stored_names(w).values()}
+    read = {name: ckpt.tensor(name) for name in ckpt.stored if name not in claimed}
+    read.update({w: dense for w, (dense, _, _) in sparse.items()})
+    made: dict[int, torch.Tensor] = {}  # id of the model's tensor -> its new one
+    used: set[int] = set()  # file tensors already given to a model tensor
+    state = {}
+    for key, current in model.state_dict(keep_vars=True).items():
+        if id(current) not in made:
+            t = read[ckpt.aliases.get(key, key)]
+            t = t.clone() if id(t) in used else t  # tied in the file, not in the model
+            used.add(id(t))
+            t = t.to(device)
+            if isinstance(current, nn.Parameter):
+                t = nn.Parameter(t, requires_grad=current.requires_grad)
+            made[id(current)] = t
+        state[key] = made[id(current)]
+    return state
+
+
+def _freeze_loaded(model: nn.Module, sparse: dict[str, tuple], device: torch.device) -> None:
+    """Fix each loaded layer's mask (the file's) and freeze it with the file's
+    compressed weight where it has one."""
     modules = dict(model.named_modules())
     for weight, (_, kept, cw) in sparse.items():
         layer = modules[weight.rpartition(".")[0]]
@@ -206,9 +295,6 @@ def load_sparse(
             state.set_mode("dense")
         fits = cw is not None and layer.LINEAR_LIKE
         layer.freeze(compressed=_to_device(cw, device) if fits else None)
-    if semi_structured:
-        to_semi_structured(model)
-    return model.eval()
 
 
 def _to_device(cw: CompressedWeight, device) -> CompressedWeight:

@@ -23,9 +23,11 @@ from .format import (
     DENSE_SIDECAR,
     DENSE_WEIGHTS,
     META_SUFFIX,
+    check_plan_matches,
     check_sparse_entry,
     check_version,
     json_field,
+    positive_zeros,
     sha256,
 )
 
@@ -57,7 +59,8 @@ class Checkpoint:
         return {"values": f"{weight}.values", suffix: f"{weight}.{suffix}"}
 
     def tensor(self, name: str) -> torch.Tensor:
-        """Read one stored tensor and check it against its recorded digest."""
+        """Read one stored tensor, check it against its recorded digest, and give it with
+        -0.0 read as +0.0 (:func:`~step.export.format.positive_zeros`)."""
         try:
             with safe_open(self.file, "pt") as f:
                 t = f.get_tensor(name)
@@ -69,7 +72,7 @@ class Checkpoint:
         if sha256(t) != self.digests[name]:
             raise ValueError(f"{self.file}: tensor {name!r} does not match its checksum: the "
                              "file is corrupted")  # fmt: skip
-        return t
+        return positive_zeros(t)  # files written before exports normalised -0.0 hold some
 
 
 def _read_safetensors_header(file: Path) -> tuple[dict[str, str], dict]:
@@ -133,11 +136,16 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
     for key in ("sparse", "aliases", "sha256"):
         if not isinstance(fields[key], dict):
             raise ValueError(f"{source}: {key!r} must be a mapping, got {fields[key]!r}")
+    for key in ("aliases", "sha256"):
+        if not all(isinstance(v, str) for v in fields[key].values()):
+            raise ValueError(f"{source}: {key!r} must map names to strings")
     layouts = ("dense",) if kind == "dense" else LAYOUTS
     sparse = {
         name: check_sparse_entry(name, spec, source, layouts)
         for name, spec in fields["sparse"].items()
     }
     check_plan(fields["plan"], source)
+    entries = "'tensors'" if kind == "dense" else "the header's 'sparse' entry"
+    check_plan_matches(sparse, fields["plan"], fields["aliases"], source, entries)
     return Checkpoint(directory, file, kind, sparse, fields["aliases"], fields["plan"],
                       fields["sha256"], stored)  # fmt: skip

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from safetensors.torch import save_file
 from torch import nn
 
+from ..nn.checks import check_module, check_path
 from ..nn.plan import sparsity_plan
 from ..ops.compressed_weight import compress_weight
 from .format import (
@@ -70,10 +72,24 @@ def _save_config(model: nn.Module, path: Path) -> list[Path]:
     return files
 
 
+def _save_safetensors(tensors: dict, file: Path, metadata: dict[str, str]) -> None:
+    """``safetensors`` ``save_file`` with the permissions any other file gets: the mode
+    an existing file has, or the umask's for a new one (``save_file`` makes a new
+    file 0600, whatever the umask, so a server running as another user could not read
+    it)."""
+    fd = os.open(file, os.O_WRONLY | os.O_CREAT, 0o666)  # the mode open() would give
+    try:
+        mode = os.fstat(fd).st_mode & 0o7777
+    finally:
+        os.close(fd)
+    save_file(tensors, file, metadata=metadata)
+    os.chmod(file, mode)
+
+
 def _export_dense(tensors: ModelTensors, plan: dict, path: Path) -> tuple[list[Path], int, list]:
     out = dict(tensors.dense)
     out.update({k: s.pruned for k, s in tensors.sparse.items()})
-    save_file(out, path / DENSE_WEIGHTS, metadata={"format": "pt"})
+    _save_safetensors(out, path / DENSE_WEIGHTS, metadata={"format": "pt"})
     sidecar = {
         "format": DENSE_FORMAT,
         "format_version": FORMAT_VERSION,
@@ -107,7 +123,7 @@ def _export_compressed(tensors: ModelTensors, plan: dict, path: Path):
         "plan": json.dumps(plan),
         "sha256": json.dumps({k: sha256(t) for k, t in out.items()}),
     }
-    save_file(out, path / COMPRESSED_WEIGHTS, metadata=metadata)
+    _save_safetensors(out, path / COMPRESSED_WEIGHTS, metadata=metadata)
     stored = sum(t.numel() * t.element_size() for t in out.values())
     return [path / COMPRESSED_WEIGHTS], stored, rows
 
@@ -122,19 +138,32 @@ def export(model: nn.Module, path: str | Path, format: str = "dense") -> ExportR
         path: a directory, created if needed.
         format: ``"dense"``: ``model.safetensors`` that plain ``load_state_dict`` or a
             Hugging Face ``from_pretrained`` of the original class loads, pruned entries
-            exactly +0.0, plus ``sparsity.json``. ``"compressed"``: values + metadata per
+            +0.0, plus ``sparsity.json``. ``"compressed"``: values + metadata per
             sparse weight (about 56% of the dense bytes for float16 2:4) in
             ``sparse_model.safetensors``. Formats: docs/formats.md.
 
+    No file holds -0.0: pruned entries, kept weights that are -0.0 and any -0.0 of the
+    dense tensors (biases, norms) are written as +0.0. The files' permissions follow the
+    umask (or an existing file's mode), as for the JSON files.
+
     Returns:
         :class:`ExportReport` (print it for a one-line summary).
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, ``path`` not a path or ``format``
+            not a string.
+        ValueError: unknown ``format``, no sparse layers, a sparse weight tied to a
+            dense one stored first, or weights on the meta device; nothing is written.
     """
+    check_module(model)
+    path = check_path(path)
+    if not isinstance(format, str):
+        raise TypeError(f"format must be a str, one of {FORMATS}, got {type(format).__name__}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     tensors = model_tensors(model)
     if not tensors.sparse:
         raise ValueError("the model has no sparse layers: call step.sparsify first")
-    path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     plan = sparsity_plan(model)
     writer = _export_dense if format == "dense" else _export_compressed

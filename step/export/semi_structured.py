@@ -17,6 +17,13 @@ def check_semi_structured_device(device: torch.device | str) -> None:
         raise ValueError(f"semi_structured=True needs an sm80+ CUDA GPU, not {device}")
 
 
+def check_semi_structured_dtype(name: str, dtype: torch.dtype) -> None:
+    """A 2:4 linear layer's weight can be semi-structured: float16/bfloat16."""
+    if dtype not in HALF_DTYPES:
+        raise ValueError(f"{name}: semi-structured weights must be float16/bfloat16, got "
+                         f"{dtype}; convert the model first (model.half())")  # fmt: skip
+
+
 def to_semi_structured(model: nn.Module) -> nn.Module:
     """Replace every frozen 2:4 half-precision :class:`~step.nn.SparseLinear` /
     :class:`~step.nn.SparseConv1D` of ``model`` by an ``nn.Linear`` whose weight is
@@ -31,9 +38,7 @@ def to_semi_structured(model: nn.Module) -> nn.Module:
         if w.device.type != "cuda" or torch.cuda.get_device_capability(w.device) < (8, 0):
             raise ValueError(f"{name}: semi_structured=True needs an sm80+ CUDA GPU; the "
                              f"weight is on {w.device}")  # fmt: skip
-        if w.dtype not in HALF_DTYPES:
-            raise ValueError(f"{name}: semi-structured weights must be float16/bfloat16, got "
-                             f"{w.dtype}; convert the model first")  # fmt: skip
+        check_semi_structured_dtype(name, w.dtype)
         linear = nn.Linear(w.shape[1], w.shape[0], device="meta")
         linear.weight = nn.Parameter(
             torch.sparse.to_sparse_semi_structured(w.contiguous()), requires_grad=False

@@ -8,11 +8,13 @@ import torch
 from torch import nn
 
 from ..nn.sparse_module import SparseWeightMixin
+from .format import positive_zeros
 
 
 @dataclass(frozen=True)
 class SparseTensor:
-    """A sparse weight to export: pruned to exact N:M (+0.0 at pruned entries)."""
+    """A sparse weight to export: pruned to exact N:M (+0.0 at pruned entries, and at
+    kept -0.0 entries: exports never hold -0.0)."""
 
     pruned: torch.Tensor
     mask: torch.Tensor
@@ -43,7 +45,8 @@ def model_tensors(model: nn.Module) -> ModelTensors:
     """Split ``model.state_dict()`` into dense tensors, sparse weights and aliases.
 
     Tied tensors (same storage, shape and strides) are kept once, under the first key in
-    ``state_dict`` order, as Hugging Face's ``save_pretrained`` does.
+    ``state_dict`` order, as Hugging Face's ``save_pretrained`` does. Every -0.0 becomes
+    +0.0 (:func:`~step.export.format.positive_zeros`); the model is not changed.
     """
     layers = {}
     for name, mod in model.named_modules(remove_duplicate=False):
@@ -59,15 +62,33 @@ def model_tensors(model: nn.Module) -> ModelTensors:
             continue
         first[skey] = key
         layer = layers.get(key)
-        if layer is None:
-            dense[key] = t.contiguous().cpu()  # safetensors stores contiguous tensors only
+        if layer is None:  # safetensors stores contiguous tensors only
+            dense[key] = positive_zeros(t).contiguous().cpu()
             continue
         mask = layer.current_mask()
         s = layer.sparsity
-        pruned = torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        pruned = positive_zeros(
+            torch.where(mask, t, torch.zeros((), dtype=t.dtype, device=t.device))
+        )
         # the mask of a layer grouped along a dim other than the last (Conv2d) is a
         # movedim view, so ``pruned`` takes its strides: make it contiguous for safetensors
         sparse[key] = SparseTensor(
             pruned.contiguous().cpu(), mask.cpu(), s.n, s.m, s.axis % t.dim()
         )
+    _check_sparse_not_tied_to_dense(layers, dense, aliases)
     return ModelTensors(dense, sparse, aliases)
+
+
+def _check_sparse_not_tied_to_dense(
+    layers: dict[str, SparseWeightMixin], dense: dict[str, torch.Tensor], aliases: dict[str, str]
+) -> None:
+    """A sparse layer's weight tied to a tensor stored first as a dense one (an embedding
+    before its tied head) would be written unpruned and load as a dense layer."""
+    for key in layers:
+        if aliases.get(key) in dense:
+            raise ValueError(
+                f"{key} is N:M sparse but tied to {aliases[key]}, which comes first in "
+                "state_dict and is not sparse, so the export cannot prune it; leave the "
+                "layer dense (step.sparsify's default for weights tied to an embedding) or "
+                "untie the weights"
+            )
