@@ -430,6 +430,8 @@ class GpuTestReport:
     seconds: float = 0.0
     error_tail: str = ""
     """The log's last error line (for an abnormal pytest exit)."""
+    slowest: list[str] = field(default_factory=list)
+    """pytest's ``--durations`` lines: what to size the next budget on."""
 
     @property
     def total(self) -> int:
@@ -550,6 +552,23 @@ def planned_tests(text: str) -> int | None:
     return None
 
 
+def durations(text: str) -> list[str]:
+    """The lines of pytest's ``slowest N durations`` section in ``text``."""
+    lines = text.splitlines()
+    start = next(
+        (i for i, line in enumerate(lines) if "slowest" in line and "durations" in line), None
+    )
+    if start is None:
+        return []
+    section = []
+    for line in lines[start + 1 :]:
+        if line.startswith("="):
+            break
+        if line.strip():
+            section.append(line.strip())
+    return section
+
+
 def cuda_error_lines(name: str, text: str, limit: int = 5) -> list[str]:
     """Up to ``limit`` lines of ``text`` matching :data:`CUDA_ERROR`, prefixed by ``name``."""
     hits = [line.strip()[:240] for line in text.splitlines() if CUDA_ERROR.search(line)]
@@ -575,6 +594,7 @@ def read_test_report(
     report.deadline_hit = finished.deadline_hit
     report.timeouts = len(TEST_TIMEOUT.findall(text))
     report.error_tail = last_error_line(text)
+    report.slowest = durations(text)
     report.cuda_errors = cuda_error_lines(log.name, text) + cuda_error_lines(
         junit.name, junit.read_text(errors="replace")
     )
@@ -704,14 +724,10 @@ def read_jsonl(path: Path, report: BenchReport) -> None:
 
 
 def run_one_bench(
-    bench: Bench, stage: Path, env: dict[str, str], seconds: float, dry_run: bool
+    bench: Bench, args: tuple[str, ...], stage: Path, env: dict[str, str], seconds: float
 ) -> BenchReport:
-    """Run one runner within ``seconds`` and read back what it finished."""
+    """Run one runner with ``args`` within ``seconds`` and read back what it finished."""
     report = BenchReport(bench.name, budget_s=seconds)
-    args = bench.dry_args if dry_run else bench.gpu_args
-    if args is None:
-        report.status, report.note = "skipped", "dry run: GPU only"
-        return report
     out = stage / "bench"
     jsonl = out / f"{bench.name}.jsonl"
     cmd = [sys.executable, str(bench.script), *args, "--out", str(out), "--jsonl", str(jsonl)]
@@ -756,21 +772,24 @@ def bench_problems(report: BenchReport) -> list[Problem]:
 def run_benches(
     stage: Path, env: dict[str, str], seconds: float, dry_run: bool
 ) -> list[BenchReport]:
-    """Every runner in :data:`BENCHES` order; each gets its weight's share of the time
-    left when it starts, so time a runner leaves unused goes to the ones after it."""
+    """Every runner in :data:`BENCHES` order (on a dry run, those with CPU arguments; the
+    others are reported skipped); each gets its weight's share of the time left when it
+    starts, so time a runner leaves unused goes to the ones after it."""
     end = time.monotonic() + seconds
+    runs = [(b, b.dry_args if dry_run else b.gpu_args) for b in BENCHES]
+    weights_left = sum(b.weight for b, args in runs if args is not None)
     reports = []
-    for i, bench in enumerate(BENCHES):
-        left = end - time.monotonic()
-        share = bench.weight / sum(b.weight for b in BENCHES[i:])
-        if left * share < 2 * BENCH_GRACE_S:
+    for bench, args in runs:
+        if args is None:
+            reports.append(BenchReport(bench.name, status="skipped", note="dry run: GPU only"))
+            continue
+        seconds_now = (end - time.monotonic()) * bench.weight / weights_left
+        weights_left -= bench.weight
+        if seconds_now < 2 * BENCH_GRACE_S:
             reports.append(BenchReport(bench.name, status="skipped", note="no time left"))
             continue
-        reports.append(run_one_bench(bench, stage, env, left * share, dry_run))
+        reports.append(run_one_bench(bench, args, stage, env, seconds_now))
     return reports
-
-
-# ---------------------------------------------------------------- study (second mode)
 
 
 # ---------------------------------------------------------------- the session
@@ -960,12 +979,13 @@ def verdict(session: Session, final: bool) -> tuple[str, int]:
     fails = [p.text for p in session.problems if p.level == "FAIL"]
     partial = [p.text for p in session.problems if p.level == "PARTIAL"]
     if fails:
-        return "FAIL: " + "; ".join(fails[:3]) + (" ..." if len(fails) > 3 else ""), 1
+        shown = "; ".join(text[:160] for text in fails[:3])
+        return "FAIL: " + shown + (" ..." if len(fails) > 3 else ""), 1
     if not final:
         done = ", ".join(p.name for p in session.phases)
         return (f"INCOMPLETE: the script stopped before its end (phases begun: {done})", 1)
     if partial:
-        return "PARTIAL: " + "; ".join(partial[:3]), 3
+        return "PARTIAL: " + "; ".join(text[:160] for text in partial[:3]), 3
     if session.args.dry_run:
         return "DRY-RUN OK: the pipeline works on this machine; nothing ran on a GPU", 0
     tests = session.tests
@@ -1054,6 +1074,8 @@ def tests_lines(report: GpuTestReport | None) -> list[str]:
         ranked = sorted(report.skip_reasons.items(), key=lambda kv: -kv[1])
         lines += [f"    {n} x {reason}" for reason, n in ranked[:15]]
     lines += [f"  {line}" for line in report.cuda_errors]
+    if report.slowest:
+        lines += ["  slowest:", *[f"    {line}" for line in report.slowest]]
     return lines
 
 

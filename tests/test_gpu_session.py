@@ -256,6 +256,18 @@ def test_junit_rebuilt_from_a_verbose_log(tmp_path: Path) -> None:
     assert report.failures[0][0] == "tests/test_a.py::TestC::test_y"
 
 
+def test_slowest_tests_from_the_log() -> None:
+    text = (
+        "=== slowest 3 durations ===\n\n12.50s call     tests/test_a.py::t[1]\n"
+        "3.20s setup    tests/test_b.py::u\n=== short test summary info ===\nFAILED x"
+    )
+    assert gs.durations(text) == [
+        "12.50s call     tests/test_a.py::t[1]",
+        "3.20s setup    tests/test_b.py::u",
+    ]
+    assert gs.durations("no such section") == []
+
+
 def test_planned_count_from_the_log_header() -> None:
     assert gs.planned_tests("collected 1568 items / 1109 deselected / 459 selected") == 459
     assert gs.planned_tests("created: 8/8 workers\n8 workers [459 items]") == 459
