@@ -3,6 +3,10 @@
 Subcommands: ``train`` (the main job: a task's model trained sparse and exported),
 ``info`` (versions, backends and why not, GPU), ``export`` (a saved sparse model to the
 dense / compressed formats), ``bench`` (microbenchmarks against the baselines).
+
+Errors: a user error (a bad argument or file, a missing device, a backend that cannot
+run: :func:`is_user_error`) is reported once, here, as one line on stderr with exit
+status 1; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
@@ -18,7 +23,7 @@ from . import __version__
 from . import bench as bench_command
 from .environment import dist_version, versions
 from .export import command as export_command
-from .ops.dispatch import backends
+from .ops.dispatch import BackendError, backends, check_device
 from .train import command as train_command
 
 
@@ -89,9 +94,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+ENVIRONMENT_ERRORS = (OSError, BackendError)
+"""The user's or the machine's wherever raised: missing files, permissions, devices and
+backends that cannot run."""
+
+CHECK_ERRORS = (ValueError,)
+"""The user's when step's own checks raise them (a bad value, a bad file); raised
+anywhere else they are bugs, and keep their traceback. ``TypeError`` is not here: the
+command's arguments are strings that argparse and the checks turn into values, so a
+``TypeError`` can only come from a bug."""
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _raised_by_step(error: BaseException) -> bool:
+    """Whether the innermost frame that raised ``error`` is code of this package."""
+    tb = error.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return Path(tb.tb_frame.f_code.co_filename).resolve().is_relative_to(_PACKAGE)
+
+
+def is_user_error(error: BaseException) -> bool:
+    """Whether the command should report ``error`` in one line rather than a traceback."""
+    if isinstance(error, ENVIRONMENT_ERRORS):
+        return True
+    return isinstance(error, CHECK_ERRORS) and _raised_by_step(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; a user error (:func:`is_user_error`) is one line on stderr and
+    exit status 1, any other exception keeps its traceback."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        if getattr(args, "device", None) is not None:  # before any work starts
+            check_device(args.device, "--device")
+        return args.func(args)
+    except (*ENVIRONMENT_ERRORS, *CHECK_ERRORS) as e:
+        if not is_user_error(e):
+            raise
+        print(f"step-sparsity {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -66,8 +66,70 @@ def test_export_command_writes_both_formats_from_a_training_checkpoint(tmp_path,
         torch.testing.assert_close(loaded(ids).logits, want, rtol=2e-3, atol=2e-3)
 
 
-def test_export_command_refuses_bad_input(tmp_path):
-    with pytest.raises(SystemExit, match="--format takes dense, compressed"):
-        main(["export", str(tmp_path), str(tmp_path / "o"), "--format", "onnx"])
-    with pytest.raises(FileNotFoundError, match="neither a step export"):
-        main(["export", str(tmp_path), str(tmp_path / "o")])
+def one_line_error(capsys, argv, command):
+    """``main(argv)`` exits with status 1 and one line on stderr, no traceback."""
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"step-sparsity {command}: error: ")
+    return err
+
+
+def test_export_command_refuses_bad_input(tmp_path, capsys):
+    out = str(tmp_path / "o")
+    err = one_line_error(capsys, ["export", str(tmp_path), out, "--format", "onnx"], "export")
+    assert "--format takes a comma-separated list of dense, compressed; got 'onnx'" in err
+    err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
+    assert "neither a step export nor a Hugging Face model directory" in err
+    (tmp_path / "config.json").write_text("{}")
+    err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
+    assert "has no 'step_sparsity' plan" in err
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
+    (tmp_path / "sparsity.json").write_text("{}")
+    err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
+    assert "model.safetensors: cannot read it as safetensors" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_train_on_a_missing_device_is_one_line(tmp_path, capsys):
+    """Checked before any work starts: nothing is written."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    out = tmp_path / "run"
+    err = one_line_error(capsys, ["train", "--device", "cuda", "--out", str(out)], "train")
+    assert "--device 'cuda' cannot be used: no cuda device is visible to PyTorch" in err
+    err = one_line_error(capsys, ["train", "--device", "tpu", "--out", str(out)], "train")
+    assert "--device 'tpu' is not a device torch knows" in err
+    assert not out.exists()
+
+
+def test_console_script_reports_user_errors_in_one_line(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "step.cli", "export", str(tmp_path / "none"), str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1 and "neither a step export" in done.stderr
+
+
+def test_bugs_keep_their_traceback(monkeypatch):
+    """Only user errors are shortened: a ValueError raised outside step's code, a
+    TypeError (the arguments are strings: only a bug makes one) or a KeyError propagate."""
+    from step import cli
+
+    def int_of_text(args):
+        return int("not a number")
+
+    def type_error(args):
+        raise TypeError("bug")
+
+    def key_error(args):
+        raise KeyError("bug")
+
+    for func, error in ((int_of_text, ValueError), (type_error, TypeError), (key_error, KeyError)):
+        monkeypatch.setattr(cli, "_cmd_info", func)
+        with pytest.raises(error):
+            main(["info"])

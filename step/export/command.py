@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        raise SystemExit(f"step-sparsity export: --format takes {', '.join(FORMATS)}; got {bad}")
+        raise ValueError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got "
+                         f"{args.format!r}")  # fmt: skip
     model = load_source(Path(args.src))
     if args.dtype:
         model = model.to(DTYPES[args.dtype])

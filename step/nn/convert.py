@@ -17,6 +17,7 @@ from fnmatch import fnmatchcase
 from torch import nn
 
 from ..ops.checks import check_nm
+from .checks import check_module, check_patterns
 from .plan import record_plan
 from .sparse_conv import SparseConv2d
 from .sparse_conv1d import SparseConv1D, is_hf_conv1d
@@ -89,6 +90,61 @@ def _pattern_for(name: str, overrides: Mapping[str, tuple[int, int] | None], def
     return default
 
 
+def _check_overrides(overrides: object) -> dict[str, tuple[int, int] | None]:
+    """``overrides`` is None or a mapping of pattern strings to ``(n, m)`` or None."""
+    if overrides is None:
+        return {}
+    if not isinstance(overrides, Mapping):
+        raise TypeError(f"overrides must be a dict {{pattern: (n, m) or None}}, got "
+                        f"{type(overrides).__name__} {overrides!r}")  # fmt: skip
+    check_patterns(list(overrides), "overrides")
+    for pattern, nm in overrides.items():
+        if nm is not None:
+            if not (isinstance(nm, tuple | list) and len(nm) == 2):
+                raise TypeError(f"overrides[{pattern!r}] must be (n, m) or None, got {nm!r}")
+            check_nm(*nm)
+    return {p: (None if nm is None else tuple(nm)) for p, nm in overrides.items()}
+
+
+def _check_patterns_match(layers: list[str], patterns: dict[str, list[str]]) -> None:
+    """Every pattern names at least one layer (convertible or already sparse)."""
+    for label, given in patterns.items():
+        unused = [p for p in given if not any(fnmatchcase(name, p) for name in layers)]
+        if unused:
+            raise ValueError(
+                f"{label} pattern(s) {unused} match no convertible or sparse layer; those "
+                f"layers are: {', '.join(layers) or 'none'}. Fix the pattern (fnmatch on "
+                "qualified module names) or drop it"
+            )
+
+
+def _check_already_sparse(
+    sparse: dict[str, SparseWeightMixin],
+    include: list[str] | None,
+    exclude: list[str],
+    overrides: Mapping[str, tuple[int, int] | None],
+    default: tuple[int, int],
+) -> None:
+    """No layer that is already sparse is asked for another N:M or for dense: sparsify
+    never changes a sparse layer, and says so rather than ignore the request."""
+    conflicts = []
+    for name, layer in sparse.items():
+        if include is not None and not _matches(name, include):
+            continue
+        have = (layer.sparsity.n, layer.sparsity.m)
+        want = None if _matches(name, exclude) else _pattern_for(name, overrides, default)
+        if want != have:
+            asked = "dense" if want is None else f"{want[0]}:{want[1]}"
+            conflicts.append(f"{name} (is {have[0]}:{have[1]}, asked {asked})")
+    if conflicts:
+        raise ValueError(
+            "these layers are already N:M sparse and sparsify does not change a sparse "
+            f"layer: {'; '.join(conflicts)}. Start from the dense model to change them, or "
+            "leave them out (include only the layers to convert, or give them their own "
+            "pattern in overrides)"
+        )
+
+
 def sparsify(
     model: nn.Module,
     n: int = 2,
@@ -116,25 +172,29 @@ def sparsify(
             ``m`` dense, with a warning listing them; by default they raise ``ValueError``.
         verbose: print :func:`step.nn.summarize`'s table.
 
+    Layers that are already sparse (a second call) keep their N:M: asking one of them
+    for another pattern (through ``n``/``m``, ``overrides`` or ``exclude``) raises
+    ``ValueError`` naming it; asking for its own pattern leaves it as it is, so calling
+    ``sparsify`` twice with the same arguments is harmless.
+
     Raises:
-        ValueError: a layer cannot take its N:M (named, with the fix), or a pattern in
-            ``include``/``overrides`` matches no convertible layer.
+        TypeError: ``model`` is not an ``nn.Module``, or a pattern argument is not a list
+            of strings (a single string is refused).
+        ValueError: a layer cannot take its N:M (named, with the fix), a pattern in
+            ``include``/``exclude``/``overrides`` matches no layer, or an already sparse
+            layer is asked for another N:M. Nothing is changed then.
     """
+    check_module(model)
     check_nm(n, m)
-    include = list(include) if include is not None else None
-    exclude = list(exclude or ())
-    overrides = dict(overrides or {})
-    for nm in overrides.values():
-        if nm is not None:
-            check_nm(*nm)
+    include = check_patterns(include, "include")
+    exclude = check_patterns(exclude, "exclude") or []
+    overrides = _check_overrides(overrides)
     candidates = _candidates(model)
-    for label, patterns in (("include", include or ()), ("overrides", overrides)):
-        unused = [p for p in patterns if not any(fnmatchcase(c, p) for c in candidates)]
-        if unused:
-            raise ValueError(
-                f"{label} pattern(s) {unused} match no convertible layer; convertible layers "
-                f"are: {', '.join(candidates) or 'none'}"
-            )
+    sparse = {name: mod for name, mod in model.named_modules()
+              if isinstance(mod, SparseWeightMixin)}  # fmt: skip
+    patterns = {"include": include or [], "exclude": exclude, "overrides": list(overrides)}
+    _check_patterns_match([*candidates, *sparse], patterns)
+    _check_already_sparse(sparse, include, exclude, overrides, (n, m))
     default_dense = _default_dense(model, candidates) if include is None else set()
     targets: dict[str, tuple[int, int]] = {}
     for name in candidates:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from .checks import check_module
 from .plan import record_plan
 from .sparse_module import SparseWeightMixin
 
@@ -17,6 +18,7 @@ def freeze(model: nn.Module) -> nn.Module:
     copy: in ``eval()`` mode they run on it (:func:`step.sparse24_linear` for 2:4 half
     precision, :func:`step.nm_linear` otherwise). ``state_dict`` keeps the dense layout.
     """
+    check_module(model)
     layers = [mod for mod in model.modules() if isinstance(mod, SparseWeightMixin)]
     if not layers:
         raise ValueError("the model has no sparse layers to freeze: call step.sparsify first")

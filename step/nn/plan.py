@@ -17,6 +17,7 @@ from typing import Any
 
 from torch import nn
 
+from .checks import check_module
 from .sparse_module import SparseWeightMixin
 
 PLAN_VERSION = 1
@@ -83,6 +84,7 @@ def restore_sparsity(model: nn.Module, plan: dict[str, Any] | None = None) -> nn
     from .convert import convert
     from .freeze import freeze
 
+    check_module(model)
     if plan is None:
         plan = getattr(getattr(model, "config", None), CONFIG_KEY, None)
         if plan is None:

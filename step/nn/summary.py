@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..text_table import format_table
+from .checks import check_module
 from .sparse_module import SparseWeightMixin
 
 
@@ -70,6 +71,7 @@ class SparsitySummary:
 
 def summarize(model: nn.Module) -> SparsitySummary:
     """A :class:`SparsitySummary` of ``model`` (print it for a table)."""
+    check_module(model)
     rows = [
         LayerRow(
             name,
