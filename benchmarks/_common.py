@@ -24,6 +24,7 @@ import datetime
 import json
 import platform
 import re
+import shutil
 import statistics
 import subprocess
 import time
@@ -260,7 +261,10 @@ def resolve_backend(backend: str, op: str, device: torch.device, *inputs: Any) -
 
 
 def git_state() -> dict[str, object]:
-    """The repository's HEAD commit and whether the work tree has changes (None if unknown)."""
+    """The repository's HEAD commit and whether the work tree has changes (None if unknown:
+    no git, or a copy of the work tree without ``.git``)."""
+    if shutil.which("git") is None:
+        return {"commit": None, "dirty": None}
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
     )

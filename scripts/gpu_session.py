@@ -119,8 +119,12 @@ CUDA_ERROR = re.compile(
 """Lines of a log or junit text that mean the device (or a worker) was poisoned."""
 ERROR_LINE = re.compile(r"^(E\s+)?([\w.]*(Error|Exception)\b|ERROR\b|\S+: error:)")
 """A line naming an exception or an error (see :func:`last_error_line`)."""
-TEST_TIMEOUT = re.compile(r"\+{5,} Timeout \+{5,}")
-"""pytest-timeout's banner when a test runs past ``--timeout``."""
+TEST_TIMEOUT = re.compile(r"\+{5,} Timeout \+{5,}|^Timeout \(\d+:\d\d:\d\d\)!", re.MULTILINE)
+"""pytest-timeout's banner, or the stack dump of pytest's ``faulthandler_timeout``: a test
+ran too long (with xdist, pytest-timeout's own output is lost with the worker it kills,
+so :func:`pytest_command` also sets ``faulthandler_timeout`` below the timeout)."""
+FAULTHANDLER_FRACTION = 0.75
+"""``faulthandler_timeout`` as a fraction of ``--test-timeout``."""
 OUTCOME_LINE = (
     re.compile(r"^\[gw\d+\] \[\s*\d+%\] (?P<outcome>[A-Z]+) (?P<id>\S+::\S+)"),  # pytest-xdist
     re.compile(r"^(?P<id>\S+::\S+) (?P<outcome>[A-Z]+)\b"),  # plain pytest -v
@@ -443,7 +447,9 @@ def pytest_command(
 ) -> list[str]:
     """``python -m pytest`` on ``selection``, verbose (the log names each outcome), junit
     to ``junit``; in ``workers`` pytest-xdist workers and with pytest-timeout's
-    ``test_timeout`` per test where those plugins are installed. pyproject's ``addopts``
+    ``test_timeout`` per test where those plugins are installed, and the stacks of a
+    test still running at :data:`FAULTHANDLER_FRACTION` of it dumped to the log
+    (pytest's ``faulthandler_timeout``). pyproject's ``addopts``
     are dropped (``--benchmark-disable`` needs pytest-benchmark, absent on the GPU
     machines), and a module that fails to import does not stop the others."""
     cmd = [
@@ -469,7 +475,10 @@ def pytest_command(
         major, minor = (int(v) for v in xdist.split(".")[:2])
         dist = "worksteal" if (major, minor) >= (3, 2) else "load"
         cmd += ["-n", str(workers), "--dist", dist]
+    if test_timeout > 0:  # stacks of a slow test into the log, whatever the plugins
+        cmd += ["-o", f"faulthandler_timeout={FAULTHANDLER_FRACTION * test_timeout:g}"]
     if test_timeout > 0 and installed["pytest-timeout"] is not None:
+        # thread: also stops a test hung in C (a CUDA sync); it kills the worker
         cmd += [f"--timeout={test_timeout:g}", "--timeout-method=thread"]
     return cmd
 
@@ -621,7 +630,13 @@ def tests_problems(report: GpuTestReport) -> list[Problem]:
     if report.cuda_errors:
         problems.append(Problem("FAIL", f"CUDA error or crashed worker: {report.cuda_errors[0]}"))
     if report.timeouts:
-        problems.append(Problem("FAIL", f"{report.timeouts} tests ran past the per-test timeout"))
+        problems.append(
+            Problem(
+                "FAIL",
+                f"{report.timeouts} tests ran too long (stacks in logs/gpu-tests.log; past "
+                "--test-timeout a test's worker is killed)",
+            )
+        )
     if report.total == 0:
         problems.append(Problem("FAIL", "no gpu test ran"))
     elif report.skipped > MOSTLY_SKIPPED * report.total:
@@ -1143,7 +1158,10 @@ def summary_text(session: Session, first_line: str, files: list[str]) -> str:
 
 
 def git_commit() -> str:
-    """HEAD's commit, with `` (modified)`` if tracked files differ; ``unknown`` outside git."""
+    """HEAD's commit, with `` (modified)`` if tracked files differ; ``unknown`` without git
+    or outside a git checkout (a copy of the work tree without ``.git``)."""
+    if shutil.which("git") is None:
+        return "unknown (no git)"
     head = subprocess.run(
         ["git", "rev-parse", "--short=12", "HEAD"],
         cwd=REPO,
@@ -1152,7 +1170,7 @@ def git_commit() -> str:
         check=False,
     )
     if head.returncode != 0:
-        return "unknown"
+        return "unknown (not a git checkout)"
     dirty = subprocess.run(
         ["git", "status", "--porcelain", "--untracked-files=no"],
         cwd=REPO,

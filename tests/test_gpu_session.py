@@ -192,9 +192,29 @@ def test_pytest_command_drops_addopts_and_uses_the_plugins_present(monkeypatch) 
     cmd = gs.pytest_command(["tests"], junit, workers=8, test_timeout=120)
     assert cmd[cmd.index("-n") : cmd.index("-n") + 4] == ["-n", "8", "--dist", "worksteal"]
     assert "--timeout=120" in cmd and "--timeout-method=thread" in cmd
+    assert "faulthandler_timeout=90" in cmd
     monkeypatch.setattr(gs, "dist_versions", lambda: dict.fromkeys(gs.DISTS))
     cmd = gs.pytest_command(["tests"], junit, workers=8, test_timeout=120)
     assert "-n" not in cmd and not any(c.startswith("--timeout") for c in cmd)
+    assert "faulthandler_timeout=90" in cmd  # pytest's own: no plugin needed
+
+
+def test_slow_tests_are_counted_from_both_banners(tmp_path: Path) -> None:
+    junit = write(tmp_path / "j.xml", junit_xml('<testcase classname="tests.test_a" name="t" />'))
+    log = write(
+        tmp_path / "gpu-tests.log",
+        "\n".join(
+            [
+                "+++++++++++++++++++ Timeout +++++++++++++++++++",
+                "Timeout (0:01:30)!",
+                "Thread 0x00007fb00ae8f6c0 (most recent call first):",
+                "a line mentioning Timeout (0:01:30)! in the middle is not one",
+            ]
+        ),
+    )
+    report = gs.read_test_report(junit, log, gs.Finished(1, 1.0, False), ["pytest"])
+    assert report.timeouts == 2
+    assert gs.tests_problems(report)[0].text.startswith("2 tests ran too long")
 
 
 def test_only_missing_wheels_are_installed(tmp_path: Path) -> None:
