@@ -104,6 +104,11 @@ def test_train_on_a_missing_device_is_one_line(tmp_path, capsys):
     err = one_line_error(capsys, ["train", "--device", "tpu", "--out", str(out)], "train")
     assert "--device 'tpu' is not a device torch knows" in err
     assert not out.exists()
+    config = tmp_path / "gpu.toml"
+    config.write_text('device = "cuda"\nsteps = 2\n')
+    err = one_line_error(capsys, ["train", "--config", str(config), "--out", str(out)], "train")
+    assert "device (from --device, --config or the resumed run) 'cuda' cannot be used" in err
+    assert not out.exists()
 
 
 def test_console_script_reports_user_errors_in_one_line(tmp_path):

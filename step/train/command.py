@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from ..ops.dispatch import check_device
 from ..tasks import TASKS, MissingDataError
 from ..text_table import format_table
 from .checkpoint import TMP_SUFFIX, CheckpointError
@@ -123,6 +124,8 @@ def run(args: argparse.Namespace) -> int:
             recipes = cfg.compare or [cfg.recipe]
             runs = [(dataclasses.replace(cfg, recipe=r, compare=[]),
                      out / r if cfg.compare else out, False) for r in recipes]  # fmt: skip
+        # the device may come from a config file or the resumed run: check it before any work
+        check_device(cfg.device, "device (from --device, --config or the resumed run)")
         from ..tasks import task_class
 
         metric = task_class(cfg.task).metric

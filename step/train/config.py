@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,10 @@ def validate(cfg: TrainConfig) -> TrainConfig:
         _fail("log_every", cfg.log_every, "a positive integer")
     for key in ("lr", "weight_decay", "srste_decay", "clip"):
         value = getattr(cfg, key)
-        if value is not None and not (isinstance(value, int | float) and value >= 0):
-            _fail(key, value, "a number >= 0")
+        if value is not None and not (
+            isinstance(value, int | float) and math.isfinite(value) and value >= 0
+        ):
+            _fail(key, value, "a finite number >= 0")
     for key in ("t_min", "t_max", "prune_at"):
         value = getattr(cfg, key)
         if not (isinstance(value, int | float) and value >= 0):
