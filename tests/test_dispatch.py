@@ -75,3 +75,27 @@ def test_triton_on_cpu_without_the_interpreter_is_explained(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     status = backend_status("triton", "cpu")
     assert not status.available and "TRITON_INTERPRET" in status.reason
+
+
+@pytest.mark.parametrize(
+    ("triton", "numpy", "usable"),
+    [("3.6.0", "2.4.6", False), ("3.6.0", "2.3.5", True), ("3.7.0", "2.4.6", True),
+     ("3.9.0+gitabc", "2.5.2", True), ("3.6.0rc1", "2.4.0", False)],
+)  # fmt: skip
+def test_interpreter_with_a_numpy_it_cannot_run_is_explained(monkeypatch, triton, numpy, usable):
+    """Triton < 3.7's interpreter fails with numpy >= 2.4 inside every runtime-bound loop:
+    the backend says so (and what to install) instead of failing deep in a kernel."""
+    from step.ops import dispatch
+
+    versions = {"triton": triton, "numpy": numpy}
+    monkeypatch.setattr(dispatch.importlib.metadata, "version", versions.__getitem__)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    dispatch._interpreter_problem.cache_clear()
+    try:
+        status = dispatch.backend_status("triton", "cpu")
+    finally:
+        dispatch._interpreter_problem.cache_clear()
+    assert status.available == usable, status.reason
+    if not usable:
+        assert f"Triton {triton}'s interpreter cannot run with numpy {numpy}" in status.reason
+        assert "triton>=3.7 or numpy<2.4" in status.reason

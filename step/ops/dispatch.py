@@ -31,7 +31,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import functools
+import importlib.metadata
 import importlib.util
+import itertools
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -132,6 +134,33 @@ def _capability_problem(index: int) -> str | None:
     return None
 
 
+def _release(version: str) -> tuple[int, ...]:
+    """``"3.6.0+git12"`` -> ``(3, 6, 0)``: the leading numeric parts of a version."""
+    parts = []
+    for part in version.split("+")[0].split("."):
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+@functools.cache
+def _interpreter_problem() -> str | None:
+    """Triton < 3.7's interpreter turns its scalars into Python ints with ``int()`` of a
+    one-element array, which numpy >= 2.4 refuses: every kernel looping over a runtime
+    range then fails (triton-lang/triton issue 9171, fixed in 3.7)."""
+    triton_version = importlib.metadata.version("triton")
+    numpy_version = importlib.metadata.version("numpy")
+    if _release(triton_version) < (3, 7) and _release(numpy_version) >= (2, 4):
+        return (
+            f"Triton {triton_version}'s interpreter cannot run with numpy {numpy_version} "
+            "(numpy >= 2.4 breaks it; fixed in Triton 3.7): install triton>=3.7 or numpy<2.4 "
+            "to run the kernels on CPU"
+        )
+    return None
+
+
 def _kernels_mode_problem() -> str | None:
     """Triton decides interpreter vs compiler when the kernels are defined (imported)."""
     kernels = sys.modules.get("step.kernels")
@@ -157,6 +186,9 @@ def backend_status(backend: str, device: torch.device | str | None = None) -> Ba
             return BackendStatus(backend, False, mode_problem)
         if dev.type == "cpu":
             if triton_interpreting():
+                problem = _interpreter_problem()
+                if problem:
+                    return BackendStatus(backend, False, problem)
                 return BackendStatus(
                     backend, True, "Triton interpreter on CPU (TRITON_INTERPRET=1)"
                 )
