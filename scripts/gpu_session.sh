@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU validation call (a thin wrapper around scripts/gpu_session.py, which says
-# it all in its docstring and --help). On a lent GPU machine, in one device call:
+# The one GPU validation call (a thin wrapper around the package scripts/gpu_session/,
+# which says it all in its docstring and --help). On a lent GPU machine, in one device call:
 #
 #   bash scripts/gpu_session.sh              # install, preflight, gpu tests, quick benchmarks
 #                                            # within 540 s; at most 3 files in $OUT:
@@ -14,6 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "study" ]]; then
     shift
-    exec "${PYTHON:-python}" scripts/gpu_session.py --study "$@"
+    exec "${PYTHON:-python}" scripts/gpu_session --study "$@"
 fi
-exec "${PYTHON:-python}" scripts/gpu_session.py "$@"
+exec "${PYTHON:-python}" scripts/gpu_session "$@"
