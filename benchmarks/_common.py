@@ -10,7 +10,7 @@
 * ``--quick`` timing (:data:`QUICK_TIMING`) and ``--jsonl``: :class:`CaseLog` appends each
   case as one JSON line the moment it is measured, with summary rows
   (:func:`compare`, :func:`summary_row`: ours against its baseline), so a run killed at a
-  deadline (``scripts/gpu_session.py``) keeps every case it finished
+  deadline (``scripts/gpu_session``) keeps every case it finished
 
 Not a module of the ``step`` package: the runners import it as a sibling file (they run as
 scripts from this folder, and pytest puts this folder on ``sys.path``).

@@ -12,7 +12,7 @@ against the dense layer with the masked weight before anything is timed.
     python benchmarks/bench_inference.py --device cpu --tokens 1,16,256
     python benchmarks/bench_inference.py --quick --jsonl results.jsonl  # case by case
 
-``--quick`` (what ``scripts/gpu_session.py`` runs): Llama-2-7B's projections at 1, 16
+``--quick`` (what ``scripts/gpu_session`` runs): Llama-2-7B's projections at 1, 16
 and 4096 tokens, 20 reps after 3 warm-up calls; options given explicitly win.
 """
 

@@ -62,7 +62,7 @@ SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008))
 TOKENS = (1, 4, 16, 256, 4096)
 RATIOS = "2:4,1:4,1:8"
 QUICK = {"shapes": SHAPES, "tokens": (1, 16, 4096), "ratios": "2:4,1:4"}
-"""``--quick`` (what ``scripts/gpu_session.py`` runs): the subset used where an option is
+"""``--quick`` (what ``scripts/gpu_session`` runs): the subset used where an option is
 not given explicitly; every Llama-2-7B projection shape, 20 reps after 3 warm-up calls."""
 DTYPES = ("float16", "bfloat16")
 IMPLS = ("dense", "masked-unfused", "masked-fused", "masked-mma", "nm-compressed")

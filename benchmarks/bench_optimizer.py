@@ -36,7 +36,7 @@ Usage::
     python benchmarks/bench_optimizer.py --device cpu --blocks 2 --width 512
     python benchmarks/bench_optimizer.py --quick --jsonl results.jsonl  # one dtype per line
 
-``--quick`` (what ``scripts/gpu_session.py`` runs): one Llama-2-7B-wide block, d=4096
+``--quick`` (what ``scripts/gpu_session`` runs): one Llama-2-7B-wide block, d=4096
 (201,351,168 parameters), 20 reps after 3 warm-up calls; options given explicitly win.
 """
 

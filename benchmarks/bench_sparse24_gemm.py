@@ -20,7 +20,7 @@ Before timing, each implementation's output is compared once with a float64 prod
 the GPU by the tolerance rule (error <= 2x cuBLAS's own error + 4 ulps of the scale);
 an implementation that fails is reported as wrong and not timed.
 
-``--quick`` (what ``scripts/gpu_session.py`` runs): Llama-2-7B's projections
+``--quick`` (what ``scripts/gpu_session`` runs): Llama-2-7B's projections
 4096x4096, 11008x4096 and 4096x11008 at 1, 16 and 4096 tokens, float16, 20 reps after 3
 warm-up calls; options given explicitly win. ``--jsonl`` appends each case as it finishes.
 

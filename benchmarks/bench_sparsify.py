@@ -29,7 +29,7 @@ Usage::
     python benchmarks/bench_sparsify.py --device cpu --backends reference
     python benchmarks/bench_sparsify.py --quick --jsonl results.jsonl  # case by case
 
-``--quick`` (what ``scripts/gpu_session.py`` runs): Llama-2-7B's projection weights
+``--quick`` (what ``scripts/gpu_session`` runs): Llama-2-7B's projection weights
 4096x4096, 11008x4096 and 4096x11008 in float16, 20 reps after 3 warm-up calls; options
 given explicitly win.
 """

@@ -1,5 +1,5 @@
 """The runners' ``--quick`` sizes and ``--jsonl`` case-by-case output (what
-``scripts/gpu_session.py`` reads), on CPU: the JSON lines, the summary rows of every
+``scripts/gpu_session`` reads), on CPU: the JSON lines, the summary rows of every
 runner (GPU-only ones from fabricated records), and the quick defaults."""
 
 from __future__ import annotations

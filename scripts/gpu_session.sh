@@ -14,6 +14,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "study" ]]; then
     shift
-    exec "${PYTHON:-python}" scripts/gpu_session --study "$@"
+    exec "${PYTHON:-python3}" scripts/gpu_session --study "$@"
 fi
-exec "${PYTHON:-python}" scripts/gpu_session "$@"
+exec "${PYTHON:-python3}" scripts/gpu_session "$@"
