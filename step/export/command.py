@@ -8,7 +8,8 @@ from pathlib import Path
 
 from torch import nn
 
-from ..nn.plan import CONFIG_KEY, restore_sparsity
+from ..nn.plan import CONFIG_KEY
+from ..nn.restore import restore_sparsity
 from ..text_table import format_table
 from .format import COMPRESSED_WEIGHTS, DENSE_SIDECAR, DTYPES
 from .load import load_sparse

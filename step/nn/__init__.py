@@ -2,7 +2,8 @@
 
 from .convert import DEFAULT_DENSE, convert, sparsify
 from .freeze import freeze
-from .plan import restore_sparsity, sparsity_plan
+from .plan import sparsity_plan
+from .restore import restore_sparsity
 from .sparse_conv import SparseConv2d
 from .sparse_conv1d import SparseConv1D, is_hf_conv1d
 from .sparse_linear import SparseLinear

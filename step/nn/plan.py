@@ -2,8 +2,8 @@
 
 ``{"format_version": 1, "layers": {name: {"n", "m", "mode"}}, "frozen": bool}``. Kept in
 a Hugging Face ``model.config`` as ``step_sparsity`` (so ``save_pretrained`` writes it to
-``config.json``), and in exported checkpoints. :func:`restore_sparsity` applies it to a
-freshly loaded dense model.
+``config.json``), and in exported checkpoints. :func:`step.restore_sparsity`
+(:mod:`step.nn.restore`) applies it to a freshly loaded dense model.
 
 The config holds a *live* plan: serialising the config (which deep-copies it) reads the
 layers as they are at that moment, so the phase switch of the optimizer, made after
@@ -17,7 +17,6 @@ from typing import Any
 
 from torch import nn
 
-from .checks import check_module
 from .sparse_module import SparseWeightMixin
 
 PLAN_VERSION = 1
@@ -73,35 +72,3 @@ def check_plan(plan: object, source: str) -> dict[str, Any]:
         if not isinstance(spec, dict) or not {"n", "m"} <= set(spec):
             raise ValueError(f"{source}: layer {name!r} needs 'n' and 'm', got {spec!r}")
     return plan
-
-
-def restore_sparsity(model: nn.Module, plan: dict[str, Any] | None = None) -> nn.Module:
-    """Re-apply a sparsity plan to ``model`` (default: ``model.config.step_sparsity``,
-    as after ``from_pretrained``): the same layers become N:M sparse, frozen if they were.
-
-    Returns ``model``. Raises ``ValueError`` if there is no plan or it does not fit.
-    """
-    from .convert import convert
-    from .freeze import freeze
-
-    check_module(model)
-    if plan is None:
-        plan = getattr(getattr(model, "config", None), CONFIG_KEY, None)
-        if plan is None:
-            raise ValueError(
-                "the model carries no sparsity plan (model.config.step_sparsity); pass plan="
-            )
-    check_plan(plan, "sparsity plan")
-    convert(model, {name: (s["n"], s["m"]) for name, s in plan["layers"].items()})
-    modules = dict(model.named_modules())
-    for name, spec in plan["layers"].items():
-        layer, mode = modules[name], spec.get("mode", "dense")
-        if mode == "fixed":  # pruned entries were zeroed: the magnitude mask finds them
-            layer.sparsity.set_mode("fixed", layer.sparsity.compute_mask(layer.weight))
-        elif mode in ("dense", "ste"):
-            layer.sparsity.set_mode(mode)
-        else:
-            raise ValueError(f"sparsity plan: layer {name!r} has unknown mode {mode!r}")
-    if plan.get("frozen"):
-        freeze(model)
-    return model

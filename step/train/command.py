@@ -11,7 +11,8 @@ from ..tasks import TASKS, MissingDataError
 from ..text_table import format_table
 from .checkpoint import TMP_SUFFIX, CheckpointError
 from .config import ConfigError, TrainConfig, build, load_saved, read_file
-from .loop import RunResult, train
+from .loop import train
+from .result import RunResult
 
 _FLAGS = {  # flag -> (config field, type, help)
     "--task": ("task", str, f"one of {', '.join(TASKS)} (default shakespeare)"),

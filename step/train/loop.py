@@ -6,7 +6,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -19,17 +18,8 @@ from ..optim.recipes import make
 from ..tasks import make_task
 from . import checkpoint
 from .config import TrainConfig
-
-
-@dataclass
-class RunResult:
-    run_dir: Path
-    recipe: str
-    final: dict[str, float]  # validation metrics of the model as shipped (frozen)
-    switch_step: int | None
-    steps: int
-    seconds: float
-    exports: dict[str, Any] = field(default_factory=dict)
+from .report import finish_run
+from .result import RunResult
 
 
 def _fraction(value: float, steps: int) -> int:
@@ -133,8 +123,6 @@ def _begin(cfg: TrainConfig, run_dir: Path, resume: bool, model, opt, sched) -> 
 def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = False) -> RunResult:
     """Train ``cfg`` (resolved) into ``run_dir``; ``resume`` continues its last committed
     checkpoint (or starts again from step 0 if it has none)."""
-    from .report import finish_run
-
     device = torch.device(cfg.device)
     task = make_task(cfg.task, cfg.seed, cfg.batch_size, device)
     torch.manual_seed(cfg.seed)

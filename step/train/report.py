@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import nn as step_nn
 from ..export import export, verify_export
 from .config import TrainConfig
-from .loop import RunResult
+from .result import RunResult
 
 
 def _plots(run_dir: Path, history: list[dict], switch_step: int | None, metric: str) -> list[str]:
