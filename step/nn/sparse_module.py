@@ -12,7 +12,6 @@ import torch
 
 from ..functional import ste_masked
 from ..ops.compressed_weight import CompressedWeight, compress_weight
-from ..ops.masked_linear import check_masked_linear_args
 from .sparsity import ATTRIBUTE, NMSparsity
 
 
@@ -164,7 +163,6 @@ def fused_ste_linear(layer, x: torch.Tensor) -> torch.Tensor:
     w_rows = state.grouped(layer.weight)
     cached = state.cached_mask(layer.weight)
     mask = None if cached is None else state.grouped(cached)
-    check_masked_linear_args(x, w_rows, state.n, state.m, layer.bias, mask)
     y, computed = torch.ops.step.masked_linear(x, w_rows, state.n, state.m, layer.bias, mask)
     if mask is None:
         state.remember_mask(layer.weight, state.mask_like(computed, layer.weight))

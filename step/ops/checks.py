@@ -7,7 +7,7 @@ only shapes, dtypes and devices: they never synchronise with the GPU.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -95,3 +95,13 @@ def check_same_dtype(**tensors: torch.Tensor | None) -> None:
                 f"{name} has dtype {t.dtype} but {first_name} has {first.dtype}; "
                 f"cast one, e.g. {name}.to({first_name}.dtype)"
             )
+
+
+def call_op(op: Callable, check: Callable[..., object], *args: object) -> object:
+    """``op(*args)`` for a public function: the op's body validates, once, at the op
+    boundary. Arguments that torch's schema would refuse with its own message, or coerce
+    (a ``bool`` or numpy integer passed as an int), are checked here first instead, so the
+    ``TypeError`` names the argument and the fix."""
+    if not all(a is None or type(a) is int or isinstance(a, torch.Tensor) for a in args):
+        check(*args)
+    return op(*args)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .checks import HALF_DTYPES, check_nm, check_tensor
+from .checks import HALF_DTYPES, call_op, check_nm, check_tensor
 from .dispatch import choose, forced_backend
 from .nm_compress import NMCompressed, nm_compress, nm_decompress
 from .nm_linear import check_nm_linear_args
@@ -85,10 +85,8 @@ class CompressedWeight:
 
     def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """``x [..., K] @ W.T + bias`` -> ``[..., rows]``."""
-        args = self._op_args(x, bias)
-        cutlass = self.layout == CUTLASS_2TO4
-        (check_sparse24_linear_args if cutlass else check_nm_linear_args)(*args)
-        return getattr(torch.ops.step, self.op)(*args)
+        check = check_sparse24_linear_args if self.layout == CUTLASS_2TO4 else check_nm_linear_args
+        return call_op(getattr(torch.ops.step, self.op), check, *self._op_args(x, bias))
 
     @property
     def op(self) -> str:

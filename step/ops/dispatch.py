@@ -271,8 +271,11 @@ def backends(device: torch.device | str | None = None) -> dict[str, BackendStatu
 # ---------------------------------------------------------------- forcing
 
 
+@functools.lru_cache(maxsize=64)
 def _parse_forced(spec: str | None) -> tuple[str | None, dict[str, str]]:
-    """``"triton"`` -> global; ``"nm_mask=triton,x=reference"`` -> per op."""
+    """``"triton"`` -> global; ``"nm_mask=triton,x=reference"`` -> per op. Parsed once per
+    spec string (a bad one raises each time: errors are not cached); callers never change
+    the dict returned."""
     if not spec:
         return None, {}
     spec = spec.strip()
@@ -327,6 +330,31 @@ def use_backend(spec: str | None) -> Iterator[None]:
 # ---------------------------------------------------------------- choice
 
 
+def _available(backend: str, device: torch.device) -> bool:
+    """``backend_status(backend, device).available``, decided once per configuration:
+    the device, ``TRITON_INTERPRET`` and the mode the kernels were defined in. No status
+    text is built on this path; :func:`backend_status` builds it to report or raise.
+    The C library's state is cached where it is found out (``library_status``)."""
+    if backend == "reference":
+        return True
+    if backend == "cpu":
+        if device.type != "cpu":
+            return False
+        from ..cpu import library_status  # builds the C kernels once per process
+
+        return library_status("adam_update_cpu")[0]
+    kernels = sys.modules.get("step.kernels")
+    mode = getattr(kernels, "INTERPRET", None)
+    return _available_in(backend, device, os.environ.get("TRITON_INTERPRET", "0"), mode)
+
+
+@functools.lru_cache(maxsize=256)
+def _available_in(
+    backend: str, device: torch.device, _interpret: str, _kernels_mode: bool | None
+) -> bool:
+    return backend_status(backend, device).available
+
+
 def choose(op: str, device: torch.device, *args) -> tuple[str, Callable]:
     """Pick the implementation of ``op`` for tensors on ``device``.
 
@@ -343,9 +371,9 @@ def choose(op: str, device: torch.device, *args) -> tuple[str, Callable]:
                 f"implementation (it has: {', '.join(implementations(op))}). Force a backend "
                 f"per op instead, e.g. STEP_BACKEND={op}={implementations(op)[0]}"
             )
-        status = backend_status(forced, device)
-        if not status.available:
-            raise BackendError(f"STEP_BACKEND forces '{forced}' for step::{op}: {status.reason}")
+        if not _available(forced, device):
+            reason = backend_status(forced, device).reason
+            raise BackendError(f"STEP_BACKEND forces '{forced}' for step::{op}: {reason}")
         return forced, impls[forced].fn
     for backend in BACKENDS:
         impl = impls.get(backend)
@@ -353,7 +381,7 @@ def choose(op: str, device: torch.device, *args) -> tuple[str, Callable]:
             continue
         if backend == "triton" and device.type == "cpu":
             continue  # the interpreter is for tests; never chosen automatically
-        if not backend_status(backend, device).available:
+        if not _available(backend, device):
             continue
         if impl.auto_if is not None and not impl.auto_if(*args):
             continue

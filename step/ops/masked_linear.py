@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ._triton import triton_launcher
-from .checks import check_same_device, check_same_dtype, check_tensor
+from .checks import call_op, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_mask import check_nm_mask_args
 from .shapes import as_matrix
@@ -162,6 +162,6 @@ def masked_linear(
         ``[..., N]``. Gradients: ``dx = dy @ (w*mask)``, ``dw = dy.T @ x`` (straight
         through the mask), ``dbias = dy.sum``.
     """
-    check_masked_linear_args(x, w, n, m, bias, mask)
-    y, _mask = torch.ops.step.masked_linear(x, w, n, m, bias, mask)
+    args = (x, w, n, m, bias, mask)
+    y, _mask = call_op(torch.ops.step.masked_linear, check_masked_linear_args, *args)
     return y

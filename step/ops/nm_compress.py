@@ -13,7 +13,7 @@ from functools import cached_property
 import torch
 
 from ._triton import triton_launcher
-from .checks import check_nm, check_same_device, check_tensor
+from .checks import call_op, check_nm, check_same_device, check_tensor
 from .dispatch import choose, register
 from .float_bits import bits_view
 from .nm_mask import check_nm_mask_args, nm_mask_ref
@@ -37,6 +37,15 @@ class NMCompressed:
 
     def __post_init__(self) -> None:
         check_compressed_args(self.values, self.indices, self.n, self.m)
+
+    @classmethod
+    def of_checked(cls, values: torch.Tensor, indices: torch.Tensor, n: int, m: int):
+        """The result of ``step::nm_compress``, whose op validated its input: built
+        without checking the tensors it made again."""
+        c = object.__new__(cls)
+        for name, value in (("values", values), ("indices", indices), ("n", n), ("m", m)):
+            object.__setattr__(c, name, value)
+        return c
 
     @property
     def shape(self) -> torch.Size:
@@ -169,9 +178,8 @@ def nm_compress(w: torch.Tensor, n: int = 2, m: int = 4) -> NMCompressed:
     Returns:
         :class:`NMCompressed` with ``values``/``indices`` of shape ``[..., K*n/m]``.
     """
-    check_nm_mask_args(w, n, m)
-    values, indices = torch.ops.step.nm_compress(w, n, m)
-    return NMCompressed(values, indices, n, m)
+    values, indices = call_op(torch.ops.step.nm_compress, check_nm_mask_args, w, n, m)
+    return NMCompressed.of_checked(values, indices, n, m)
 
 
 def nm_decompress(c: NMCompressed) -> torch.Tensor:

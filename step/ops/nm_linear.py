@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ._triton import triton_launcher
-from .checks import check_same_device, check_same_dtype, check_tensor
+from .checks import call_op, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_compress import NMCompressed, check_compressed_values, nm_decompress_ref
 from .nm_positions import check_packed_positions, unpack_positions
@@ -120,6 +120,5 @@ def nm_linear(x: torch.Tensor, c: NMCompressed, bias: torch.Tensor | None = None
     """
     if not isinstance(c, NMCompressed):
         raise TypeError(f"c must be a step.NMCompressed, got {type(c).__name__}")
-    positions = c.positions
-    check_nm_linear_args(x, c.values, positions, c.n, c.m, bias)
-    return torch.ops.step.nm_linear(x, c.values, positions, c.n, c.m, bias)
+    args = (x, c.values, c.positions, c.n, c.m, bias)
+    return call_op(torch.ops.step.nm_linear, check_nm_linear_args, *args)

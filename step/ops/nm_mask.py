@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from ._triton import triton_launcher
-from .checks import check_groups, check_nm, check_tensor
+from .checks import call_op, check_groups, check_nm, check_tensor
 from .dispatch import choose, register
 from .float_bits import MAGNITUDE_BITS
 
@@ -85,5 +85,4 @@ def nm_mask(w: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
     >>> step.nm_mask(torch.tensor([0.1, -3.0, 2.0, 2.0]), 2, 4)
     tensor([False,  True,  True, False])
     """
-    check_nm_mask_args(w, n, m)
-    return torch.ops.step.nm_mask(w, n, m)
+    return call_op(torch.ops.step.nm_mask, check_nm_mask_args, w, n, m)

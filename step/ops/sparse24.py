@@ -22,7 +22,7 @@ import functools
 import torch
 
 from ._triton import triton_launcher
-from .checks import HALF_DTYPES, check_same_device, check_tensor
+from .checks import HALF_DTYPES, call_op, check_same_device, check_tensor
 from .dispatch import choose, register
 from .nm_compress import nm_compress_ref, nm_decompress_ref
 
@@ -165,11 +165,9 @@ def to_sparse24(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ``(values, meta)``: ``values`` ``[rows, K/2]`` of ``w``'s dtype, ``meta``
         ``[rows, K/16]`` int16 in CUTLASS order (module docstring).
     """
-    check_dense24_args(w)
-    return torch.ops.step.sparse24_compress(w)
+    return call_op(torch.ops.step.sparse24_compress, check_dense24_args, w)
 
 
 def from_sparse24(values: torch.Tensor, meta: torch.Tensor) -> torch.Tensor:
     """Dense ``[rows, K]`` weight from :func:`to_sparse24` output; +0.0 where pruned."""
-    check_sparse24_args(values, meta)
-    return torch.ops.step.sparse24_decompress(values, meta)
+    return call_op(torch.ops.step.sparse24_decompress, check_sparse24_args, values, meta)

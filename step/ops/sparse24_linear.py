@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from ._triton import triton_launcher
-from .checks import HALF_DTYPES, check_same_device, check_same_dtype, check_tensor
+from .checks import (
+    HALF_DTYPES,
+    call_op,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+)
 from .dispatch import choose, register
 from .shapes import as_matrix
 from .sparse24 import check_sparse24_args, from_sparse24_ref
@@ -114,5 +120,6 @@ def sparse24_linear(
         ``[..., N]`` of x's dtype. Gradients flow to ``x`` and ``bias``, not to the
         compressed weight.
     """
-    check_sparse24_linear_args(x, values, meta, bias)
-    return torch.ops.step.sparse24_linear(x, values, meta, bias)
+    return call_op(
+        torch.ops.step.sparse24_linear, check_sparse24_linear_args, x, values, meta, bias
+    )

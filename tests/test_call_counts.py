@@ -1,0 +1,140 @@
+"""One validation and one backend decision per op call.
+
+Each op's checks run once, in the op's body (the op boundary), whatever the caller: the
+public function, a layer or a compressed weight. ``dispatch.choose`` runs once per op call
+and decides from cached state (the parsed ``STEP_BACKEND``, each backend's availability).
+"""
+
+import importlib
+from collections import Counter
+
+import pytest
+import torch
+
+import step
+from step.nn import SparseLinear
+from step.ops import adam_update, compressed_weight, dispatch
+
+# the modules (the package step.ops binds most of these names to the functions)
+nm_mask, nm_compress, sparse24, sparse24_linear, nm_linear, masked_linear, adam_update_op = (
+    importlib.import_module(f"step.ops.{name}")
+    for name in ("nm_mask", "nm_compress", "sparse24", "sparse24_linear", "nm_linear",
+                 "masked_linear", "adam_update")
+)  # fmt: skip
+
+CHECKS = [  # (module whose op body calls it, name, op)
+    (nm_mask, "check_nm_mask_args", "nm_mask"),
+    (nm_compress, "check_nm_mask_args", "nm_compress"),
+    (nm_compress, "check_compressed_args", "nm_decompress"),
+    (sparse24, "check_dense24_args", "sparse24_compress"),
+    (sparse24, "check_sparse24_args", "sparse24_decompress"),
+    (sparse24_linear, "check_sparse24_linear_args", "sparse24_linear"),
+    (nm_linear, "check_nm_linear_args", "nm_linear"),
+    (masked_linear, "check_masked_linear_args", "masked_linear"),
+    (adam_update_op, "check_adam_update_args", "adam_update"),
+]
+CHOOSERS = [nm_mask, nm_compress, sparse24, sparse24_linear, nm_linear, masked_linear,
+            adam_update_op]  # fmt: skip
+
+
+@pytest.fixture
+def counts(monkeypatch):
+    """Counters of check calls and ``choose`` calls, per op."""
+    checks, chosen = Counter(), Counter()
+
+    def counting(fn, op):
+        return lambda *a, **k: checks.update([op]) or fn(*a, **k)
+
+    for module, name, op in CHECKS:
+        monkeypatch.setattr(module, name, counting(getattr(module, name), op))
+    choose = dispatch.choose
+
+    def counted_choose(op, *args):
+        chosen.update([op])
+        return choose(op, *args)
+
+    for module in CHOOSERS:
+        monkeypatch.setattr(module, "choose", counted_choose)
+    return checks, chosen
+
+
+def w32(rows=32, k=64, dtype=torch.float32):
+    torch.manual_seed(0)
+    return torch.randn(rows, k, dtype=dtype)
+
+
+def test_each_public_op_validates_and_decides_once(counts):
+    checks, chosen = counts
+    w, h = w32(), w32(dtype=torch.float16)
+    c = step.nm_compress(w, 2, 4)
+    values, meta = step.to_sparse24(h)
+    x, xh = torch.randn(3, 64), torch.randn(3, 64, dtype=torch.float16)
+    exp_avg, exp_avg_sq = [torch.zeros(32, 64)], [torch.zeros(32, 64)]
+    hyper = dict(lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=1)
+    calls = {
+        "nm_mask": lambda: step.nm_mask(w, 2, 4),
+        "nm_compress": lambda: step.nm_compress(w, 2, 4),
+        "nm_decompress": lambda: step.nm_decompress(c),
+        "sparse24_compress": lambda: step.to_sparse24(h),
+        "sparse24_decompress": lambda: step.from_sparse24(values, meta),
+        "sparse24_linear": lambda: step.sparse24_linear(xh, values, meta),
+        "nm_linear": lambda: step.nm_linear(x, c),
+        "masked_linear": lambda: step.masked_linear(x, w, 2, 4),
+        "adam_update": lambda: adam_update(
+            [w.clone()],
+            [torch.randn(32, 64)],
+            exp_avg,
+            exp_avg_sq,
+            **hyper,
+            srste_decay=2e-4,
+            n=2,
+            m=4,
+        ),
+    }
+    for op, call in calls.items():
+        checks.clear()
+        chosen.clear()
+        call()
+        assert checks[op] == 1 and chosen[op] == 1, (op, checks, chosen)
+        # an op that runs another (masked_linear's reference asks step::nm_mask for the
+        # mask) validates and decides once per op it runs, too
+        assert set(checks.values()) == {1} and set(chosen.values()) == {1}, (op, checks, chosen)
+
+
+def test_a_layer_forward_validates_once(counts):
+    checks, chosen = counts
+    layer = SparseLinear(64, 32)
+    layer.sparsity.set_mode("ste")
+    x = torch.randn(3, 64)
+    layer(x).sum().backward()  # the mask is computed in the op: one masked_linear call
+    assert checks == Counter(masked_linear=1, nm_mask=1), checks
+    checks.clear()
+    layer(x)  # the cached mask is passed in: no nm_mask
+    assert checks == Counter(masked_linear=1), checks
+
+
+def test_a_compressed_weight_validates_once(counts):
+    checks, _ = counts
+    for w in (w32(), w32(dtype=torch.float16)):
+        cw = compressed_weight.compress_weight(w, 2, 4)
+        checks.clear()
+        cw.linear(torch.randn(3, 64, dtype=w.dtype))
+        assert checks == Counter({cw.op: 1}), checks
+
+
+def test_the_backend_decision_is_cached_per_configuration(monkeypatch):
+    """A second call under the same configuration finds the parsed ``STEP_BACKEND`` and
+    each backend's availability cached: no status text is built."""
+    built = Counter()
+    status = dispatch.backend_status
+    monkeypatch.setattr(dispatch, "backend_status", lambda b, d=None: built.update([b]) or
+                        status(b, d))  # fmt: skip
+    monkeypatch.setenv("STEP_BACKEND", "nm_mask=reference")
+    w = w32()
+    step.nm_mask(w, 2, 4)
+    step.nm_mask(w, 2, 4)
+    step.nm_compress(w, 2, 4)
+    parses = dispatch._parse_forced.cache_info()
+    step.nm_mask(w, 2, 4)
+    assert dispatch._parse_forced.cache_info().misses == parses.misses
+    assert sum(built.values()) <= 1, built  # at most once, for the first decision
