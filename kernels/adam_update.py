@@ -21,13 +21,12 @@ import torch
 import triton
 import triton.language as tl
 
-from step.ops.adam_update import dtype_groups, fused_flags, fused_scalars
-from step.ops.float_bits import magnitude_constants
+from step.ops.float_bits import magnitude_constants  # moves to .float_bits next
 
+from .adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
 from .nm_select import group_block, keep_top_n, magnitude_key
 
 _BITS = {torch.float32: tl.int32, torch.float16: tl.int16, torch.bfloat16: tl.int16}
-_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _PLAIN_M, _PLAIN_BG = 4, 512  # layout without a mask: 2048 elements per program
 
 
@@ -210,7 +209,7 @@ def adam_update_triton(
         _adam_kernel[(tables.programs,)](
             tables.p, g_tab[0], tables.m, tables.v, g_tab[1], tables.numels, tables.chunks,
             partials[offset:] if want_z else partials, **scalars, **layout,
-            BITS=_BITS[dtype], KIND=_KIND[dtype], ABS_MASK=abs_mask, INF_BITS=inf_bits,
+            BITS=_BITS[dtype], KIND=DTYPE_CODES[dtype], ABS_MASK=abs_mask, INF_BITS=inf_bits,
             MASKED=masked, GIVEN=given, UPDATE_V=bool(update_v), WANT_Z=want_z,
         )  # fmt: skip
         offset += tables.programs

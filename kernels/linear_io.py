@@ -4,7 +4,7 @@ import functools
 
 import torch
 
-from step.ops.shapes import as_matrix
+from .shapes import as_matrix
 
 
 def as_rows(t: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import triton_launcher
 from .checks import FLOAT_DTYPES, check_nm
 from .dispatch import choose, register
 
@@ -84,41 +83,6 @@ def adam_update_ref(
     return stats
 
 
-# ---------------------------------------------------------------- shared by the fused kernels
-
-
-def fused_flags(
-    update_v: bool, srste_decay: float, n: int, want_z: bool, masks: list | None
-) -> tuple[bool, bool, bool]:
-    """``(masked, given, want_z)`` of a fused kernel: whether the SR-STE term applies,
-    whether its masks are the caller's (else ranked from ``p``), and whether the
-    AutoSwitch sums are produced (only while v updates)."""
-    given = bool(srste_decay) and masks is not None
-    masked = given or (bool(srste_decay) and n > 0)
-    return masked, given, bool(want_z and update_v)
-
-
-def fused_scalars(
-    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
-    v_step: int, srste_decay: float,
-) -> dict[str, float]:  # fmt: skip
-    """The per-call constants of the fused kernels (the reference's formulas folded)."""
-    bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
-    return dict(
-        lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
-        step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=float(srste_decay),
-    )  # fmt: skip
-
-
-def dtype_groups(params: list[torch.Tensor]) -> dict[torch.dtype, list[int]]:
-    """Indices of the non-empty ``params``, per dtype (one fused call each)."""
-    groups: dict[torch.dtype, list[int]] = {}
-    for i, p in enumerate(params):
-        if p.numel():
-            groups.setdefault(p.dtype, []).append(i)
-    return groups
-
-
 def check_adam_update_args(
     params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m,
     masks=None,
@@ -168,7 +132,13 @@ def check_adam_update_args(
 
 
 register("adam_update", "reference")(adam_update_ref)
-register("adam_update", "triton")(triton_launcher("adam_update_triton"))
+
+
+@register("adam_update", "triton")
+def _adam_update_triton(*args):
+    from step.kernels.adam_update import adam_update_triton  # Triton loads at the first call
+
+    return adam_update_triton(*args)
 
 
 @torch.library.custom_op(

@@ -18,10 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 
 from ..cpu import load_library
-from .adam_update import dtype_groups, fused_flags, fused_scalars
+from ..kernels.adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
 from .dispatch import register
 
-_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 CHUNK = 1 << 15
 """Elements per chunk (rounded down to whole groups): the unit of threading and of the
 AutoSwitch partial sums."""
@@ -122,7 +121,7 @@ def adam_update_cpu(
 
     sums = torch.zeros(2, dtype=torch.float64)
     for dtype, idx in dtype_groups(params).items():
-        args = _Args(**scalars, n=n, m=group, kind=_KIND[dtype], masked=masked, given=given,
+        args = _Args(**scalars, n=n, m=group, kind=DTYPE_CODES[dtype], masked=masked, given=given,
                      update_v=bool(update_v), want_z=want_z)  # fmt: skip
         ps = [work(params[i]) for i in idx]
         gs = [grads[i].contiguous() for i in idx]

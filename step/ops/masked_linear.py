@@ -18,11 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton import triton_launcher
+from ..kernels.shapes import as_matrix
 from .checks import call_op, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_mask import check_nm_mask_args
-from .shapes import as_matrix
 
 
 def masked_linear_ref(
@@ -74,9 +73,23 @@ def masked_linear_dx_ref(
 
 
 register("masked_linear", "reference")(masked_linear_ref)
-register("masked_linear", "triton")(triton_launcher("masked_linear_triton"))
+
+
+@register("masked_linear", "triton")
+def _masked_linear_triton(*args):
+    from step.kernels.masked_linear import masked_linear_triton  # Triton loads at the first call
+
+    return masked_linear_triton(*args)
+
+
 register("masked_linear_dx", "reference")(masked_linear_dx_ref)
-register("masked_linear_dx", "triton")(triton_launcher("masked_linear_dx_triton"))
+
+
+@register("masked_linear_dx", "triton")
+def _masked_linear_dx_triton(*args):
+    from step.kernels.masked_linear import masked_linear_dx_triton  # Triton loads at the first call
+
+    return masked_linear_dx_triton(*args)
 
 
 @torch.library.custom_op("step::masked_linear", mutates_args=())

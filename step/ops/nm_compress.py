@@ -12,12 +12,11 @@ from functools import cached_property
 
 import torch
 
-from ._triton import triton_launcher
+from ..kernels.shapes import as_matrix
 from .checks import call_op, check_nm, check_same_device, check_tensor
 from .dispatch import choose, register
 from .float_bits import bits_view
 from .nm_mask import check_nm_mask_args, nm_mask_ref
-from .shapes import as_matrix
 
 
 @dataclass(frozen=True)
@@ -134,9 +133,23 @@ def nm_decompress_ref(values: torch.Tensor, indices: torch.Tensor, n: int, m: in
 
 
 register("nm_compress", "reference")(nm_compress_ref)
-register("nm_compress", "triton")(triton_launcher("nm_compress_triton"))
+
+
+@register("nm_compress", "triton")
+def _nm_compress_triton(*args):
+    from step.kernels.nm_compress import nm_compress_triton  # Triton loads at the first call
+
+    return nm_compress_triton(*args)
+
+
 register("nm_decompress", "reference")(nm_decompress_ref)
-register("nm_decompress", "triton")(triton_launcher("nm_decompress_triton"))
+
+
+@register("nm_decompress", "triton")
+def _nm_decompress_triton(*args):
+    from step.kernels.nm_compress import nm_decompress_triton  # Triton loads at the first call
+
+    return nm_decompress_triton(*args)
 
 
 @torch.library.custom_op("step::nm_compress", mutates_args=())

@@ -13,12 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton import triton_launcher
+from ..kernels.shapes import as_matrix
 from .checks import call_op, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_compress import NMCompressed, check_compressed_values, nm_decompress_ref
 from .nm_positions import check_packed_positions, unpack_positions
-from .shapes import as_matrix
 
 
 def nm_unpack_dense(values: torch.Tensor, positions: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -63,7 +62,13 @@ def check_nm_linear_args(x, values, positions, n, m, bias) -> None:
 
 
 register("nm_linear", "reference")(nm_linear_ref)
-register("nm_linear", "triton")(triton_launcher("nm_linear_triton"))
+
+
+@register("nm_linear", "triton")
+def _nm_linear_triton(*args):
+    from step.kernels.nm_linear import nm_linear_triton  # Triton loads at the first call
+
+    return nm_linear_triton(*args)
 
 
 @torch.library.custom_op("step::nm_linear", mutates_args=())

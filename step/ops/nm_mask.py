@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 
-from ._triton import triton_launcher
 from .checks import call_op, check_groups, check_nm, check_tensor
 from .dispatch import choose, register
 from .float_bits import MAGNITUDE_BITS
@@ -52,7 +51,13 @@ def check_nm_mask_args(w: object, n: object, m: object) -> None:
 
 
 register("nm_mask", "reference")(nm_mask_ref)
-register("nm_mask", "triton")(triton_launcher("nm_mask_triton"))
+
+
+@register("nm_mask", "triton")
+def _nm_mask_triton(*args):
+    from step.kernels.nm_mask import nm_mask_triton  # Triton loads at the first call
+
+    return nm_mask_triton(*args)
 
 
 @torch.library.custom_op("step::nm_mask", mutates_args=())

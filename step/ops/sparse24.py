@@ -21,7 +21,6 @@ import functools
 
 import torch
 
-from ._triton import triton_launcher
 from .checks import HALF_DTYPES, call_op, check_same_device, check_tensor
 from .dispatch import choose, register
 from .nm_compress import nm_compress_ref, nm_decompress_ref
@@ -120,9 +119,23 @@ def check_sparse24_args(values: object, meta: object) -> None:
 
 
 register("sparse24_compress", "reference")(to_sparse24_ref)
-register("sparse24_compress", "triton")(triton_launcher("to_sparse24_triton"))
+
+
+@register("sparse24_compress", "triton")
+def _to_sparse24_triton(*args):
+    from step.kernels.sparse24_pack import to_sparse24_triton  # Triton loads at the first call
+
+    return to_sparse24_triton(*args)
+
+
 register("sparse24_decompress", "reference")(from_sparse24_ref)
-register("sparse24_decompress", "triton")(triton_launcher("from_sparse24_triton"))
+
+
+@register("sparse24_decompress", "triton")
+def _from_sparse24_triton(*args):
+    from step.kernels.sparse24_pack import from_sparse24_triton  # Triton loads at the first call
+
+    return from_sparse24_triton(*args)
 
 
 @torch.library.custom_op("step::sparse24_compress", mutates_args=())

@@ -35,9 +35,9 @@ import numpy as np
 import torch
 
 from ..cuda import launch
+from ..kernels.shapes import as_matrix
 from .checks import HALF_DTYPES
 from .dispatch import register
-from .shapes import as_matrix
 from .sparse24 import _meta_offsets
 
 SOURCE = "sparse24_gemm.cu"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._triton import triton_launcher
+from ..kernels.shapes import as_matrix
 from .checks import (
     HALF_DTYPES,
     call_op,
@@ -19,7 +19,6 @@ from .checks import (
     check_tensor,
 )
 from .dispatch import choose, register
-from .shapes import as_matrix
 from .sparse24 import check_sparse24_args, from_sparse24_ref
 
 TRITON_MAX_TOKENS = 16
@@ -60,9 +59,13 @@ def _few_tokens(x: torch.Tensor, *_) -> bool:
 
 
 register("sparse24_linear", "reference")(sparse24_linear_ref)
-register("sparse24_linear", "triton", auto_if=_few_tokens)(
-    triton_launcher("sparse24_linear_triton")
-)
+
+
+@register("sparse24_linear", "triton", auto_if=_few_tokens)
+def _sparse24_linear_triton(*args):
+    from step.kernels.sparse24_linear import sparse24_linear_triton  # Triton: at first call
+
+    return sparse24_linear_triton(*args)
 
 
 @torch.library.custom_op("step::sparse24_linear", mutates_args=())

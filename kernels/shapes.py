@@ -1,4 +1,4 @@
-"""Shape helpers shared by the ops and the kernel launchers."""
+"""Shape helpers shared by the ops and the kernel launchers (plain PyTorch)."""
 
 import math
 

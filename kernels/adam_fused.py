@@ -1,0 +1,44 @@
+"""What the fused AdamW kernels share, Triton (``adam_update.py``) and C
+(``csrc/adam_update_cpu.c``, launched by ``step.backends.cpu.adam_update``): the flags and
+per-call constants of one ``step::adam_update`` call, its dtype groups, and the dtype
+codes the kernels switch on. Plain PyTorch: importing it never imports Triton.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+"""The ``KIND`` of a parameter's dtype in both fused kernels."""
+
+
+def fused_flags(
+    update_v: bool, srste_decay: float, n: int, want_z: bool, masks: list | None
+) -> tuple[bool, bool, bool]:
+    """``(masked, given, want_z)`` of a fused kernel: whether the SR-STE term applies,
+    whether its masks are the caller's (else ranked from ``p``), and whether the
+    AutoSwitch sums are produced (only while v updates)."""
+    given = bool(srste_decay) and masks is not None
+    masked = given or (bool(srste_decay) and n > 0)
+    return masked, given, bool(want_z and update_v)
+
+
+def fused_scalars(
+    lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
+    v_step: int, srste_decay: float,
+) -> dict[str, float]:  # fmt: skip
+    """The per-call constants of the fused kernels (the reference's formulas folded)."""
+    bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
+    return dict(
+        lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
+        step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=float(srste_decay),
+    )  # fmt: skip
+
+
+def dtype_groups(params: list[torch.Tensor]) -> dict[torch.dtype, list[int]]:
+    """Indices of the non-empty ``params``, per dtype (one fused call each)."""
+    groups: dict[torch.dtype, list[int]] = {}
+    for i, p in enumerate(params):
+        if p.numel():
+            groups.setdefault(p.dtype, []).append(i)
+    return groups
