@@ -12,9 +12,9 @@ import torch
 from helpers import HALF_DTYPES, assert_bits_equal
 
 import step
-from step.cpu import loader
+from step.backends.cpu import adam_update as cpu_backend
+from step.backends.cpu import loader
 from step.ops import adam_update
-from step.ops import adam_update_cpu as cpu_backend
 from step.ops.dispatch import BackendError, backend_status, choose
 
 HYPER = dict(beta1=0.9, beta2=0.999, eps=1e-8)

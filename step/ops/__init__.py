@@ -4,12 +4,6 @@ Each op module holds the op's pure-PyTorch reference (``*_ref``), its input chec
 fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
-from . import (
-    adam_update_cpu,  # noqa: F401  (registers the C backend of adam_update on CPU)
-    masked_linear_cuda,  # noqa: F401  (2:4 mask-learning forward on mma.sp, forced only)
-    sparse24_cuda,  # noqa: F401  (registers the CUDA backend)
-    sparse24_gemm_cuda,  # noqa: F401  (CUDA mma.sp sparse24_linear, forced only)
-)
 from .adam_update import adam_update, adam_update_ref
 from .dispatch import BackendError, BackendStatus, backends, use_backend
 from .masked_linear import masked_linear, masked_linear_dx_ref, masked_linear_ref

@@ -17,9 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ..cpu import load_library
-from ..kernels.adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
-from .dispatch import register
+from ...kernels.adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
+from ...ops.dispatch import register
+from .loader import load_library
 
 CHUNK = 1 << 15
 """Elements per chunk (rounded down to whole groups): the unit of threading and of the

@@ -5,7 +5,7 @@ on sparse tensor cores.
 packed with :func:`step.to_sparse24` (a pass over w writing half its bytes plus the
 metadata; without a cached mask, ``step.nm_mask`` makes a second pass for the mask the
 backward pass needs) and multiplied by the ``mma.sp`` GEMM of ``csrc/sparse24_gemm.cu``
-(:mod:`step.ops.sparse24_gemm_cuda`). The backward pass is the op's own (``dx`` through
+(:mod:`step.backends.cuda.sparse24_gemm`). The backward pass is the op's own (``dx`` through
 ``step::masked_linear_dx``, ``dw`` straight through the mask), unchanged.
 
 The weight changes after every optimizer step, so it is packed on every forward pass; the
@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import torch
 
-from .checks import HALF_DTYPES
-from .dispatch import register
-from .sparse24 import to_sparse24
-from .sparse24_gemm_cuda import K_MULTIPLE, N_MULTIPLE, sparse24_linear_cuda
+from ...ops.checks import HALF_DTYPES
+from ...ops.dispatch import register
+from ...ops.sparse24 import to_sparse24
+from .sparse24_gemm import K_MULTIPLE, N_MULTIPLE, sparse24_linear_cuda
 
 
 def check_masked_linear_cuda_args(w: torch.Tensor, n: int, m: int) -> None:

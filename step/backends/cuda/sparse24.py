@@ -1,7 +1,7 @@
 """CUDA C++ launchers of ``step::sparse24_compress`` / ``step::sparse24_decompress``.
 
 Kernels: ``csrc/sparse24_pack.cu``, compiled through CuPy at first use
-(:mod:`step.cuda`). Same contracts as the Triton launchers in
+(:mod:`step.backends.cuda`). Same contracts as the Triton launchers in
 ``step.kernels.sparse24_pack``; the references are ``to_sparse24_ref`` and
 ``from_sparse24_ref`` in :mod:`step.ops.sparse24`.
 
@@ -14,8 +14,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..cuda import launch
-from .dispatch import register
+from ...ops.dispatch import register
+from .loader import launch
 
 SOURCE = "sparse24_pack.cu"
 THREADS = 256  # one meta word (16 dense elements) per thread per step

@@ -1,4 +1,4 @@
-"""Where the CUDA sources shipped with the package live.
+"""Where the native sources shipped with the package live (CUDA ``.cu``/``.cuh``, C ``.c``).
 
 ``csrc/`` is installed as the data package ``step.csrc`` (see setup.py), so the sources
 are found the same way from a wheel, ``pip install .`` and an editable install.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def csrc_dir() -> Path:
-    """Directory holding the ``.cu``/``.cuh`` sources."""
+    """Directory holding the ``.cu``/``.cuh``/``.c`` sources."""
     return Path(str(resources.files("step.csrc")))
 
 

@@ -34,11 +34,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..cuda import launch
-from ..kernels.shapes import as_matrix
-from .checks import HALF_DTYPES
-from .dispatch import register
-from .sparse24 import _meta_offsets
+from ...kernels.shapes import as_matrix
+from ...ops.checks import HALF_DTYPES
+from ...ops.dispatch import register
+from ...ops.sparse24 import _meta_offsets
+from .loader import launch
 
 SOURCE = "sparse24_gemm.cu"
 N_MULTIPLE = 64
