@@ -10,7 +10,6 @@ ours ms: > 1 means ours took less time) and, where a bytes model applies, ``byte
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -21,9 +20,8 @@ from .. import freeze, from_sparse24, nm_mask, sparsify, to_sparse24
 from ..ops.dispatch import choose
 from ..ops.nm_mask import nm_mask_ref
 from ..optim import STEP, AutoSwitch
+from .timing import l2_flush_buffer, time_interleaved
 
-L2_FLUSH_BYTES = 256 * 2**20
-"""Overwritten before every timed call on CUDA, to evict L2 (50 MB on an H100)."""
 LR, WEIGHT_DECAY = 1e-3, 0.1
 
 
@@ -37,35 +35,11 @@ class Timer:
     warmup: int
 
     def __post_init__(self) -> None:
-        cuda = self.device.type == "cuda"
-        self.flush = (
-            torch.empty(L2_FLUSH_BYTES, dtype=torch.uint8, device=self.device) if cuda else None
-        )
+        self.flush = l2_flush_buffer(self.device)
 
     def __call__(self, fns: list[Callable[[], object]]) -> list[list[float]]:
         """Milliseconds of ``reps`` calls of each of ``fns``."""
-        for fn in fns:
-            for _ in range(self.warmup):
-                fn()
-        if self.flush is None:
-            ms: list[list[float]] = [[] for _ in fns]
-            for _ in range(self.reps):
-                for fn, out in zip(fns, ms, strict=True):
-                    start = time.perf_counter()
-                    fn()
-                    out.append(1e3 * (time.perf_counter() - start))
-            return ms
-        new = lambda: torch.cuda.Event(enable_timing=True)  # noqa: E731
-        events = [[(new(), new()) for _ in range(self.reps)] for _ in fns]
-        torch.cuda.synchronize(self.device)
-        for rep in range(self.reps):
-            for fn, pairs in zip(fns, events, strict=True):
-                self.flush.zero_()  # enqueued before the start event: not timed
-                pairs[rep][0].record()
-                fn()
-                pairs[rep][1].record()
-        torch.cuda.synchronize(self.device)
-        return [[a.elapsed_time(b) for a, b in pairs] for pairs in events]
+        return time_interleaved(fns, self.reps, self.warmup, self.flush)
 
 
 def pair(case, ours, shape, dtype, ours_t, baseline, base_t, nbytes=None, base_bytes=None):

@@ -61,14 +61,9 @@ def positive_zeros(t: torch.Tensor) -> torch.Tensor:
     return t.masked_fill(negative_zero, 0.0)
 
 
-def grouped_2d(w: torch.Tensor, axis: int) -> torch.Tensor:
-    """``w`` with its reduction ``axis`` last, flattened to ``[rows, K]``."""
-    moved = w.movedim(axis, -1)
-    return moved.reshape(-1, moved.shape[-1])
-
-
 def ungrouped(w2d: torch.Tensor, shape: tuple[int, ...], axis: int) -> torch.Tensor:
-    """Inverse of :func:`grouped_2d` for a weight of ``shape``."""
+    """Inverse of ``as_matrix(NMSparsity.grouped(w))`` for a weight of ``shape``: the
+    ``[rows, K]`` rows back in ``shape``, the grouping ``axis`` back in place."""
     moved_shape = list(shape)
     moved_shape.append(moved_shape.pop(axis))
     return w2d.reshape(moved_shape).movedim(-1, axis).contiguous()

@@ -11,8 +11,10 @@ from pathlib import Path
 from safetensors.torch import save_file
 from torch import nn
 
+from ..kernels.shapes import as_matrix
 from ..nn.checks import check_module, check_path
 from ..nn.plan import sparsity_plan
+from ..nn.sparsity import NMSparsity
 from ..ops.compressed_weight import compress_weight
 from .format import (
     COMPRESSED_FORMAT,
@@ -23,7 +25,6 @@ from .format import (
     FORMAT_VERSION,
     META_SUFFIX,
     dtype_name,
-    grouped_2d,
     sha256,
 )
 from .tensors import ModelTensors, model_tensors
@@ -108,7 +109,8 @@ def _export_compressed(tensors: ModelTensors, plan: dict, path: Path):
     out = dict(tensors.dense)
     header, rows = {}, []
     for key, s in tensors.sparse.items():
-        cw = compress_weight(grouped_2d(s.pruned, s.axis), s.n, s.m)
+        rows_k = as_matrix(NMSparsity(s.n, s.m, axis=s.axis).grouped(s.pruned))
+        cw = compress_weight(rows_k, s.n, s.m)
         values, meta = cw.file_tensors()
         out[f"{key}.values"], out[f"{key}.{META_SUFFIX[cw.layout]}"] = values, meta
         header[key] = {"n": s.n, "m": s.m, "shape": list(s.pruned.shape),

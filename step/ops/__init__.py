@@ -5,7 +5,7 @@ fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
 from .adam_update import adam_update, adam_update_ref
-from .dispatch import BackendError, BackendStatus, backends, use_backend
+from .dispatch import BackendError, BackendStatus, backends, registered_ops, use_backend
 from .masked_linear import masked_linear, masked_linear_dx_ref, masked_linear_ref
 from .nm_compress import (
     NMCompressed,
@@ -26,19 +26,8 @@ from .sparse24 import (
 )
 from .sparse24_linear import sparse24_linear, sparse24_linear_ref
 
-OPS = (
-    "adam_update",
-    "nm_mask",
-    "nm_compress",
-    "nm_decompress",
-    "sparse24_compress",
-    "sparse24_decompress",
-    "sparse24_linear",
-    "masked_linear",
-    "masked_linear_dx",
-    "nm_linear",
-)
-"""Names of the ``step::`` ops (``torch.ops.step.<name>``)."""
+OPS = registered_ops()
+"""Names of the ``step::`` ops (``torch.ops.step.<name>``), as their modules registered them."""
 
 __all__ = [
     "adam_update",

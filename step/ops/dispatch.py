@@ -98,6 +98,11 @@ def register(
     return wrap
 
 
+def registered_ops() -> tuple[str, ...]:
+    """Every op with a registered implementation, in the order registered."""
+    return tuple(_IMPLS)
+
+
 def implementations(op: str) -> tuple[str, ...]:
     """Backends that implement ``op``, in preference order."""
     return tuple(b for b in BACKENDS if b in _IMPLS.get(op, {}))
