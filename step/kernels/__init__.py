@@ -9,7 +9,10 @@ editable install the package's path gains the top-level folder.
 
 Kernels and their launchers only: no autograd, no dispatch, no input validation (the ops
 in ``step.ops`` validate, then call a launcher here). Each launcher's pure-PyTorch
-reference lives beside its op in ``step.ops`` under the same name with ``_ref``.
+reference lives beside its op in ``step.ops`` under the same name with ``_ref``. This is
+the bottom layer: its modules import torch, Triton and each other, nothing else of
+``step``. Importing the package imports no launcher and no Triton, so ``step.ops`` can use
+the plain-PyTorch modules here (``shapes``, ``adam_fused``, ...) with Triton absent.
 
 ``INTERPRET`` records whether the kernels were defined for the Triton CPU interpreter
 (``TRITON_INTERPRET=1`` at import time); Triton fixes that choice when a kernel is defined.
@@ -35,24 +38,29 @@ def dot_precision(dtype) -> str:
     return "tf32"
 
 
-from .adam_update import adam_update_triton  # noqa: E402
-from .masked_linear import masked_linear_dx_triton, masked_linear_triton  # noqa: E402
-from .nm_compress import nm_compress_triton, nm_decompress_triton  # noqa: E402
-from .nm_linear import nm_linear_triton  # noqa: E402
-from .nm_mask import nm_mask_triton  # noqa: E402
-from .sparse24_linear import sparse24_linear_triton  # noqa: E402
-from .sparse24_pack import from_sparse24_triton, to_sparse24_triton  # noqa: E402
+_LAUNCHER_MODULES = {
+    "nm_mask_triton": "nm_mask",
+    "nm_compress_triton": "nm_compress",
+    "nm_decompress_triton": "nm_compress",
+    "to_sparse24_triton": "sparse24_pack",
+    "from_sparse24_triton": "sparse24_pack",
+    "sparse24_linear_triton": "sparse24_linear",
+    "nm_linear_triton": "nm_linear",
+    "masked_linear_triton": "masked_linear",
+    "masked_linear_dx_triton": "masked_linear",
+    "adam_update_triton": "adam_update",
+}
 
-__all__ = [
-    "INTERPRET",
-    "nm_mask_triton",
-    "nm_compress_triton",
-    "nm_decompress_triton",
-    "to_sparse24_triton",
-    "from_sparse24_triton",
-    "sparse24_linear_triton",
-    "nm_linear_triton",
-    "masked_linear_triton",
-    "masked_linear_dx_triton",
-    "adam_update_triton",
-]
+
+def __getattr__(name: str):
+    """``step.kernels.<launcher>``, for scripts written before the launchers were imported
+    from their modules (``from step.kernels.nm_mask import nm_mask_triton``): importing
+    this package imports no launcher and no Triton."""
+    if name not in _LAUNCHER_MODULES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAUNCHER_MODULES[name]}", __name__), name)
+
+
+__all__ = ["INTERPRET", "dot_precision", *_LAUNCHER_MODULES]
