@@ -11,7 +11,7 @@ this times, in one run, taking turns rep by rep (round-robin):
 * ``masked-fused``    the same op forced to ``triton`` (``kernels/masked_linear.py``): the
   mask is ranked in registers while the weight tile loads, no masked copy of w is written
 * ``masked-mma``      (2:4 only) the same op forced to ``cuda``
-  (``step/backends/cuda/masked_linear.py``): w packed with ``to_sparse24`` on every call, then
+  (``step/native/cuda/masked_linear.py``): w packed with ``to_sparse24`` on every call, then
   the ``mma.sp`` GEMM of ``csrc/sparse24_gemm.cu``; skipped with the reason where CuPy or
   the GPU cannot run it
 * ``nm-compressed``   ``torch.ops.step.nm_linear(x, c.values, c.positions, n, m, None)``

@@ -1,5 +1,5 @@
 """What the fused AdamW kernels share, Triton (``adam_update.py``) and C
-(``csrc/adam_update_cpu.c``, launched by ``step.backends.cpu.adam_update``): the flags and
+(``csrc/adam_update_cpu.c``, launched by ``step.native.cpu.adam_update``): the flags and
 per-call constants of one ``step::adam_update`` call, its dtype groups, and the dtype
 codes the kernels switch on. Plain PyTorch: importing it never imports Triton.
 """

@@ -15,7 +15,7 @@ if ! command -v "$cc" >/dev/null 2>&1; then
     echo "$cc not found: skipping the C compile check"
 elif [ ${#c_sources[@]} -gt 0 ]; then
     # the loader's own flags; runs from the checkout, installed or not (torch needed)
-    flags=$(PYTHONPATH=. python -c "from step.backends.cpu.loader import FLAGS; print(' '.join(FLAGS))")
+    flags=$(PYTHONPATH=. python -c "from step.native.cpu.loader import FLAGS; print(' '.join(FLAGS))")
     for src in "${c_sources[@]}"; do
         name=$(basename "$src" .c)
         # shellcheck disable=SC2086

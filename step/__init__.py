@@ -19,8 +19,8 @@ Public API (stable names):
 
 from . import nn, optim
 from ._version import __version__
-from .backends import register as _register_backends  # noqa: F401  (CUDA and C backends)
 from .export import export, load_sparse
+from .native import register as _register_native  # noqa: F401  (CUDA and C backends)
 from .nn import freeze, restore_sparsity, sparsify, summarize
 from .ops import (
     BackendError,

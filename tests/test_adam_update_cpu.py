@@ -12,8 +12,8 @@ import torch
 from helpers import HALF_DTYPES, assert_bits_equal
 
 import step
-from step.backends.cpu import adam_update as cpu_backend
-from step.backends.cpu import loader
+from step.native.cpu import adam_update as cpu_backend
+from step.native.cpu import loader
 from step.ops import adam_update
 from step.ops.dispatch import BackendError, backend_status, choose
 

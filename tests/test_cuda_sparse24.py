@@ -1,4 +1,4 @@
-"""The CUDA backend of the 2:4 pack/unpack (csrc/sparse24_pack.cu, step.backends.cuda).
+"""The CUDA backend of the 2:4 pack/unpack (csrc/sparse24_pack.cu, step.native.cuda).
 
 CPU: imports without CuPy, sources shipped, NVRTC compile (nvcc: scripts/check_csrc.sh
 in .ci/run), clear errors, and the
@@ -23,8 +23,8 @@ import torch
 from helpers import HALF_DTYPES, random_weights
 
 import step
-from step.backends.cuda import loader
-from step.backends.native_sources import csrc_dir, cuda_sources
+from step.native.cuda import loader
+from step.native.sources import csrc_dir, cuda_sources
 from step.ops import cutlass_meta_offsets_ref, from_sparse24_ref, to_sparse24_ref
 
 INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
@@ -59,7 +59,7 @@ def assert_bits_equal(a: torch.Tensor, b: torch.Tensor) -> None:
 
 def test_importing_step_does_not_import_cupy():
     code = (
-        "import sys, step, step.backends.cuda, step.backends.cuda.sparse24\n"
+        "import sys, step, step.native.cuda, step.native.cuda.sparse24\n"
         "assert 'cupy' not in sys.modules, 'importing step imported cupy'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,4 +1,4 @@
-"""The CUDA (``mma.sp``) forward of step::masked_linear for 2:4 (step.backends.cuda.masked_linear).
+"""The CUDA (``mma.sp``) forward of step::masked_linear for 2:4 (step.native.cuda.masked_linear).
 
 On the CPU the GEMM is replaced by the reference 2:4 product, which checks everything
 around it: which weights get packed (the computed mask, or a given one), the mask handed
@@ -13,7 +13,7 @@ from helpers import HALF_DTYPES, assert_within_tolerance_rule, random_weights
 from test_masked_linear import fp64_masked
 
 import step
-from step.backends.cuda import masked_linear as module
+from step.native.cuda import masked_linear as module
 from step.ops import masked_linear_ref, nm_mask_ref, sparse24_linear_ref
 from step.ops.dispatch import _IMPLS
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from step.backends.native_sources import cuda_sources
+from step.native.sources import cuda_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -73,7 +73,7 @@ def test_wheel_imports_from_outside_the_source_tree(wheel, tmp_path):
         check=True,
     )  # fmt: skip
     probe = (
-        "import step, step.kernels, step.backends.native_sources as s, pathlib, sys;"
+        "import step, step.kernels, step.native.sources as s, pathlib, sys;"
         f"root = pathlib.Path({str(target)!r}).resolve();"
         "assert pathlib.Path(step.__file__).resolve().is_relative_to(root), step.__file__;"
         "assert pathlib.Path(step.kernels.__file__).resolve().is_relative_to(root);"

@@ -1,4 +1,4 @@
-"""The CUDA mma.sp 2:4 GEMM (csrc/sparse24_gemm.cu, step.backends.cuda.sparse24_gemm).
+"""The CUDA mma.sp 2:4 GEMM (csrc/sparse24_gemm.cu, step.native.cuda.sparse24_gemm).
 
 CPU: the metadata layout conversion (round trip; every code checked against the PTX
 fragment rule, written here loop by loop), a Python emulation of the kernel's tiling,
@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from helpers import HALF_DTYPES, assert_within_tolerance_rule
 
 import step
-from step.backends.cuda.sparse24_gemm import (
+from step.native.cuda.sparse24_gemm import (
     CONFIGS,
     check_sparse24_gemm_args,
     choose_config,
@@ -31,7 +31,7 @@ from step.backends.cuda.sparse24_gemm import (
     sparse24_meta_from_mma,
     sparse24_meta_to_mma,
 )
-from step.backends.native_sources import csrc_dir
+from step.native.sources import csrc_dir
 from step.ops.nm_compress import nm_compress_ref
 from step.ops.nm_mask import nm_mask_ref
 from step.ops.sparse24 import from_sparse24_ref, to_sparse24_ref

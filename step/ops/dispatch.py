@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..backends.cuda.loader import MIN_CAPABILITY
+from ..native.cuda.loader import MIN_CAPABILITY
 
 BACKENDS: tuple[str, ...] = ("cuda", "triton", "cpu", "reference")
 """All backends, in the order automatic choice prefers them."""
@@ -216,7 +216,7 @@ def backend_status(backend: str, device: torch.device | str | None = None) -> Ba
     if backend == "cpu":
         if dev.type != "cpu":
             return BackendStatus(backend, False, f"needs CPU tensors, not {dev.type}")
-        from ..backends.cpu.loader import library_status  # builds the C kernels once per process
+        from ..native.cpu.loader import library_status  # builds the C kernels once per process
 
         return BackendStatus(backend, *library_status("adam_update_cpu"))
     raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
@@ -345,7 +345,7 @@ def _available(backend: str, device: torch.device) -> bool:
     if backend == "cpu":
         if device.type != "cpu":
             return False
-        from ..backends.cpu.loader import library_status  # builds the C kernels once per process
+        from ..native.cpu.loader import library_status  # builds the C kernels once per process
 
         return library_status("adam_update_cpu")[0]
     kernels = sys.modules.get("step.kernels")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..native_sources import csrc_dir
+from ..sources import csrc_dir
 
 MIN_CAPABILITY = (8, 0)
 CUPY_HINT = "pip install 'step-sparsity[cuda]'"

@@ -24,7 +24,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from ..native_sources import csrc_dir
+from ..sources import csrc_dir
 
 FLAGS = (
     "-O3", "-std=c11", "-shared", "-fPIC", "-fno-math-errno", "-ffp-contract=off",

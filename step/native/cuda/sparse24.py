@@ -1,7 +1,7 @@
 """CUDA C++ launchers of ``step::sparse24_compress`` / ``step::sparse24_decompress``.
 
 Kernels: ``csrc/sparse24_pack.cu``, compiled through CuPy at first use
-(:mod:`step.backends.cuda`). Same contracts as the Triton launchers in
+(:mod:`step.native.cuda`). Same contracts as the Triton launchers in
 ``step.kernels.sparse24_pack``; the references are ``to_sparse24_ref`` and
 ``from_sparse24_ref`` in :mod:`step.ops.sparse24`.
 

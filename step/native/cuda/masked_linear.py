@@ -5,7 +5,7 @@ on sparse tensor cores.
 packed with :func:`step.to_sparse24` (a pass over w writing half its bytes plus the
 metadata; without a cached mask, ``step.nm_mask`` makes a second pass for the mask the
 backward pass needs) and multiplied by the ``mma.sp`` GEMM of ``csrc/sparse24_gemm.cu``
-(:mod:`step.backends.cuda.sparse24_gemm`). The backward pass is the op's own (``dx`` through
+(:mod:`step.native.cuda.sparse24_gemm`). The backward pass is the op's own (``dx`` through
 ``step::masked_linear_dx``, ``dw`` straight through the mask), unchanged.
 
 The weight changes after every optimizer step, so it is packed on every forward pass; the
