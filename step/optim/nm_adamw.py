@@ -249,7 +249,11 @@ class NMAdamW(torch.optim.Optimizer):
         their last dim; the layer's cached mask (the one its forward pass used) is passed
         instead where the groups run along another dim or the reference runs anyway.
         """
-        reference = choose("adam_update", _local(params[0]).device, params)[0] == "reference"
+        # which masks to pass depends on the backend that will run: asked only when they
+        # are needed (choose reads cached state)
+        reference = bool(srste_decay) and (
+            choose("adam_update", _local(params[0]).device, params)[0] == "reference"
+        )
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             state = self.state[p]
