@@ -1,10 +1,10 @@
 """The fused masked matmul of the mask-learning phase, forward and input gradient.
 
 Forward: ``y = x @ (w * mask).T + bias``. Each program owns a ``[BM, BN]`` tile of y and
-walks K in chunks of ``BG`` groups of ``m``: it loads the ``[BN, BG, MP]`` weight chunk
-(as bit patterns; MP = next power of two >= m, lanes past m masked off), ranks every
-group's magnitudes in registers (``nm_select.keep_top_n``: the ``step.nm_mask`` rule,
-bit-exact), zeroes the losers and feeds ``tl.dot``; no masked copy of w is ever written.
+walks K in chunks of ``BG`` groups of ``m``: it loads the weight chunk (as bit patterns;
+MP = next power of two >= m, lanes past m masked off), ranks every group's magnitudes in
+registers (``nm_select.keep_top_n``: the ``step.nm_mask`` rule, bit-exact), zeroes the
+losers and feeds ``tl.dot``; no masked copy of w is ever written.
 The programs of the first token block also store the mask (int8, read as bool) for the
 backward pass; with a given mask the kernel loads it instead of ranking. With more than
 one block of tokens the launcher ranks once, with ``nm_mask``'s kernel (one pass over w
@@ -15,6 +15,15 @@ several times the tensor-core work of a 64-token tile.
 Input gradient: ``dx = dy @ (w * mask)`` with the saved mask, again masked in registers.
 (The STE weight gradient ``dw = dy.T @ x`` is a plain dense GEMM, left to cuBLAS.)
 References: ``step.ops.masked_linear.masked_linear_ref`` and ``masked_linear_dx_ref``.
+
+Tile layout: for tensor cores the x, weight and mask chunks are loaded flat,
+``[rows, BG * MP]`` (``group_columns``: column ``j`` is lane ``j % MP`` of group
+``j // MP``), and reach ``tl.dot`` without a reshape; only the ranking views the weight
+as ``[BN * BG, MP]``. Triton 3.6.0 cannot compile a ``[rows, BG, MP]`` tile reshaped into
+a wgmma operand when MP is 2 or 4 (its OptimizeDotOperands pass moves the reshape into
+shared memory with a swizzled layout wider than the tile's last dimension, then rejects
+it). float32 dot products on the FMA units (IEEE) keep ``[rows, BG, MP]`` chunks, which
+there give the fewest registers. The input-gradient kernel works on flat tiles only.
 """
 
 import torch
@@ -27,6 +36,24 @@ from . import INTERPRET, dot_precision
 from .linear_io import as_rows, linear_output, output_rows, token_tile
 from .nm_mask import nm_mask_triton
 from .nm_select import keep_top_n, magnitude_key
+from .nm_step import store_y
+
+
+@triton.jit
+def group_columns(g0, n_groups, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr):
+    """``(col, ok)``, ``[BG * MP]`` each: the columns of groups ``g0 .. g0 + BG - 1`` laid
+    out flat, entry ``j`` being lane ``j % MP`` of group ``g0 + j // MP`` (the order of a
+    ``[BG, MP]`` chunk), and whether that column exists."""
+    j = tl.arange(0, BG * MP)
+    if M == MP:  # no padding lanes: one contiguous run of columns
+        col = g0 * M + j
+        ok = col < n_groups * M
+    else:
+        group = g0 + j // MP
+        lane = j % MP
+        col = group * M + lane
+        ok = (group < n_groups) & (lane < M)
+    return col, ok
 
 
 @triton.jit
@@ -46,31 +73,37 @@ def _masked_linear_kernel(
     k_in = n_groups * M
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for g0 in range(0, n_groups, BG):
-        g = g0 + tl.arange(0, BG)
-        col = g[None, :, None] * M + lane[None, None, :]  # [1, BG, MP]
-        col_ok = (g < n_groups)[None, :, None] & (lane < M)[None, None, :]
-        xt = tl.load(x + rm[:, None, None] * stride_x + col,
-                     mask=m_ok[:, None, None] & col_ok, other=0.0)  # fmt: skip
-        w_off = rn[:, None, None] * k_in + col
-        w_ok = n_ok[:, None, None] & col_ok
-        bits = tl.load(w_bits + w_off, mask=w_ok, other=0)  # [BN, BG, MP]
+        if PRECISION == "ieee":  # float32 on the FMA units: [rows, BG, MP] chunks
+            g = g0 + tl.arange(0, BG)
+            col = g[None, :, None] * M + lane[None, None, :]  # [1, BG, MP]
+            col_ok = (g < n_groups)[None, :, None] & (lane < M)[None, None, :]
+            xt = tl.load(x + rm[:, None, None] * stride_x + col,
+                         mask=m_ok[:, None, None] & col_ok, other=0.0)  # fmt: skip
+            w_off = rn[:, None, None] * k_in + col
+            w_ok = n_ok[:, None, None] & col_ok
+        else:  # tensor cores: flat [rows, BG * MP] chunks, fed to tl.dot as loaded
+            col, col_ok = group_columns(g0, n_groups, M, MP, BG)
+            xt = tl.load(x + rm[:, None] * stride_x + col[None, :],
+                         mask=m_ok[:, None] & col_ok[None, :], other=0.0)  # fmt: skip
+            w_off = rn[:, None] * k_in + col[None, :]
+            w_ok = n_ok[:, None] & col_ok[None, :]
+        bits = tl.load(w_bits + w_off, mask=w_ok, other=0)
         if GIVEN:
             kept = tl.load(mask + w_off, mask=w_ok, other=0) != 0
-        else:
+        else:  # ranked as [BN * BG, MP], a row per group
             key = tl.reshape(magnitude_key(bits, w_ok, ABS_MASK, INF_BITS), (BN * BG, MP))
-            kept = tl.reshape(keep_top_n(key, N, MP), (BN, BG, MP)) & w_ok
+            kept = tl.reshape(keep_top_n(key, N, MP), bits.shape) & w_ok
             if pid_m == 0:
                 tl.store(mask + w_off, kept.to(tl.int8), mask=w_ok)
         wt = tl.where(kept, bits, 0).to(x.dtype.element_ty, bitcast=True)
         if UPCAST:  # the Triton interpreter gets bf16 dot products wrong
             xt = xt.to(tl.float32)
             wt = wt.to(tl.float32)
-        acc += tl.dot(tl.reshape(xt, (BM, BG * MP)), tl.trans(tl.reshape(wt, (BN, BG * MP))),
-                      input_precision=PRECISION)  # fmt: skip
-    if HAS_BIAS:
-        acc += tl.load(bias + rn, mask=n_ok, other=0.0).to(tl.float32)[None, :]
-    out = y + rm[:, None] * stride_y + rn[None, :]
-    tl.store(out, acc.to(y.dtype.element_ty), mask=m_ok[:, None] & n_ok[None, :])
+        if PRECISION == "ieee":
+            xt = tl.reshape(xt, (BM, BG * MP))
+            wt = tl.reshape(wt, (BN, BG * MP))
+        acc += tl.dot(xt, tl.trans(wt), input_precision=PRECISION)
+    store_y(acc, y, bias, rn, rm, n_ok, m_ok[:, None] & n_ok[None, :], stride_y, HAS_BIAS)
 
 
 @triton.jit
@@ -80,29 +113,31 @@ def _masked_linear_dx_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BG: tl.constexpr,
 ):  # fmt: skip
     rm = tl.program_id(0).to(tl.int64) * BM + tl.arange(0, BM)
-    g = tl.program_id(1).to(tl.int64) * BG + tl.arange(0, BG)
-    lane = tl.arange(0, MP)
     m_ok = rm < n_tokens
-    col = g[:, None] * M + lane[None, :]  # [BG, MP]
-    col_ok = (g < n_groups)[:, None] & (lane < M)[None, :]
+    col, col_ok = group_columns(tl.program_id(1) * BG, n_groups, M, MP, BG)  # [BG * MP]
     k_in = n_groups * M
+    rows = tl.arange(0, BN)
+    # [BN, BG * MP] tiles, flat (no reshape before tl.dot); the pointers advance BN rows a
+    # step (fewer registers than recomputing the offsets), by an int64 stride
+    w_ptr = w + rows[:, None] * k_in + col[None, :]
+    m_ptr = mask + rows[:, None] * k_in + col[None, :]
+    step = BN * tl.cast(k_in, tl.int64)
     acc = tl.zeros((BM, BG * MP), dtype=tl.float32)
     for n0 in range(0, n_out, BN):
-        rn = n0 + tl.arange(0, BN)
+        rn = n0 + rows
         n_ok = rn < n_out
         g_tile = tl.load(dy + rm[:, None] * stride_dy + rn[None, :],
                          mask=m_ok[:, None] & n_ok[None, :], other=0.0)  # fmt: skip
-        w_off = rn[:, None, None] * k_in + col[None, :, :]
-        w_ok = n_ok[:, None, None] & col_ok[None, :, :]
-        kept = tl.load(mask + w_off, mask=w_ok, other=0) != 0
-        wt = tl.where(kept, tl.load(w + w_off, mask=w_ok, other=0.0), 0.0)
+        w_ok = n_ok[:, None] & col_ok[None, :]
+        kept = tl.load(m_ptr, mask=w_ok, other=0) != 0
+        wt = tl.where(kept, tl.load(w_ptr, mask=w_ok, other=0.0), 0.0)
         if UPCAST:
             g_tile = g_tile.to(tl.float32)
-        wt = wt.to(g_tile.dtype)
-        acc += tl.dot(g_tile, tl.reshape(wt, (BN, BG * MP)), input_precision=PRECISION)
-    out = tl.reshape(acc, (BM, BG, MP)).to(dx.dtype.element_ty)
-    out_ok = m_ok[:, None, None] & col_ok[None, :, :]
-    tl.store(dx + rm[:, None, None] * stride_dx + col[None, :, :], out, mask=out_ok)
+        acc += tl.dot(g_tile, wt.to(g_tile.dtype), input_precision=PRECISION)
+        w_ptr += step
+        m_ptr += step
+    out = dx + rm[:, None] * stride_dx + col[None, :]
+    tl.store(out, acc.to(dx.dtype.element_ty), mask=m_ok[:, None] & col_ok[None, :])
 
 
 def masked_linear_tiles(
