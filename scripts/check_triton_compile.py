@@ -15,7 +15,12 @@ or on shared memory above the architecture's per-block limit.
 
 Needs the package installed (``step.kernels``) and Triton's NVIDIA backend (bundled with
 the Triton wheel: ptxas and cuobjdump come with it). Triton's own disk cache makes
-repeated runs fast.
+repeated runs fast. Works with Triton 3.6.0 (the GPU machines') and 3.9.0; to check
+another Triton than the installed one, install it aside and put it first on the path
+(the worker processes inherit it; the run stops if they import another version):
+
+    pip install --no-deps --target /tmp/triton-3.6.0 triton==3.6.0
+    PYTHONPATH=/tmp/triton-3.6.0 python scripts/check_triton_compile.py
 """
 
 from __future__ import annotations
@@ -81,11 +86,19 @@ def cases() -> list[Case]:
     Token counts: 1 (Triton specialises an integer equal to 1), 4 (the decode tiles,
     <= 16 tokens), 64, 100 (one 128-token block: the mask ranked in the matmul) and 200
     (the mask ranked first). Decode tiles are sized for the target's SM count: 16 rows for
-    these 128-row weights, 64 rows for the one wide case. The contents are never read.
+    these 128-row weights, 64 rows for the one wide case. float32 matmuls run once more
+    with TF32 allowed (``tf32`` cases: tensor cores instead of FMA). The contents are
+    never read.
     """
     import torch
+    from step.kernels.adam_update import adam_update_triton
+    from step.kernels.masked_linear import masked_linear_dx_triton, masked_linear_triton
+    from step.kernels.nm_compress import nm_compress_triton, nm_decompress_triton
+    from step.kernels.nm_linear import nm_linear_triton
+    from step.kernels.nm_mask import nm_mask_triton
+    from step.kernels.sparse24_linear import sparse24_linear_triton
+    from step.kernels.sparse24_pack import from_sparse24_triton, to_sparse24_triton
 
-    from step import kernels as k
     from step.ops.nm_compress import nm_compress_ref
     from step.ops.nm_positions import pack_positions, words_per_row
     from step.ops.sparse24 import to_sparse24_ref
@@ -99,12 +112,25 @@ def cases() -> list[Case]:
     def w(rows: int, cols: int, dt: torch.dtype) -> torch.Tensor:
         return torch.randn(rows, cols).to(dt)
 
+    def tf32(fn: Callable) -> Callable:
+        """``fn`` run with TF32 allowed for float32 matmuls (``step.kernels.dot_precision``)."""
+
+        def call(*args):
+            allowed = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = True
+            try:
+                return fn(*args)
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = allowed
+
+        return call
+
     for name, dt in dtypes.items():
         for n, m in ALL_NM if name == "fp16" else SOME_NM:
-            add(f"nm_mask {name} {n}:{m}", k.nm_mask_triton, w(64, 256, dt), n, m)
-            add(f"nm_compress {name} {n}:{m}", k.nm_compress_triton, w(64, 256, dt), n, m)
+            add(f"nm_mask {name} {n}:{m}", nm_mask_triton, w(64, 256, dt), n, m)
+            add(f"nm_compress {name} {n}:{m}", nm_compress_triton, w(64, 256, dt), n, m)
             vals, idx = nm_compress_ref(w(64, 256, dt), n, m)
-            add(f"nm_decompress {name} {n}:{m}", k.nm_decompress_triton, vals, idx, n, m)
+            add(f"nm_decompress {name} {n}:{m}", nm_decompress_triton, vals, idx, n, m)
 
     for name, dt in dtypes.items():
         for n, m in ALL_NM if name == "fp16" else SOME_NM:
@@ -114,7 +140,7 @@ def cases() -> list[Case]:
                 bias = w(1, 128, dt)[0]
                 add(
                     f"masked_linear {name} {n}:{m} tokens={tokens}",
-                    k.masked_linear_triton,
+                    masked_linear_triton,
                     x,
                     weight,
                     n,
@@ -124,7 +150,7 @@ def cases() -> list[Case]:
                 mask = torch.ones(128, 256, dtype=torch.bool)
                 add(
                     f"masked_linear given-mask {name} {n}:{m} tokens={tokens}",
-                    k.masked_linear_triton,
+                    masked_linear_triton,
                     x,
                     weight,
                     n,
@@ -134,7 +160,7 @@ def cases() -> list[Case]:
                 )
                 add(
                     f"masked_linear_dx {name} {n}:{m} tokens={tokens}",
-                    k.masked_linear_dx_triton,
+                    masked_linear_dx_triton,
                     w(tokens, 128, dt),
                     weight,
                     mask,
@@ -143,7 +169,7 @@ def cases() -> list[Case]:
                 vals, idx = nm_compress_ref(weight, n, m)
                 add(
                     f"nm_linear {name} {n}:{m} tokens={tokens}",
-                    k.nm_linear_triton,
+                    nm_linear_triton,
                     x,
                     vals,
                     pack_positions(idx, m),
@@ -152,16 +178,31 @@ def cases() -> list[Case]:
                     bias,
                 )
 
+    # float32 with TF32 allowed: the dots run on tensor cores (wgmma on sm_90), not FMA
+    f32 = torch.float32
+    for n, m in SOME_NM:
+        weight, x, bias = w(128, 256, f32), w(64, 256, f32), w(1, 128, f32)[0]
+        mask = torch.ones(128, 256, dtype=torch.bool)
+        vals, idx = nm_compress_ref(weight, n, m)
+        ratio = f"tf32 {n}:{m} tokens=64"
+        add(f"masked_linear {ratio}", tf32(masked_linear_triton), x, weight, n, m, bias)
+        add(f"masked_linear given-mask {ratio}", tf32(masked_linear_triton),
+            x, weight, n, m, None, mask)  # fmt: skip
+        add(f"masked_linear_dx {ratio}", tf32(masked_linear_dx_triton),
+            w(64, 128, f32), weight, mask, m)  # fmt: skip
+        add(f"nm_linear {ratio}", tf32(nm_linear_triton),
+            x, vals, pack_positions(idx, m), n, m, bias)  # fmt: skip
+
     for name in ("fp16", "bf16"):
         dt = dtypes[name]
-        add(f"to_sparse24 {name}", k.to_sparse24_triton, w(64, 256, dt))
-        add(f"from_sparse24 {name}", k.from_sparse24_triton, *to_sparse24_ref(w(64, 256, dt)))
+        add(f"to_sparse24 {name}", to_sparse24_triton, w(64, 256, dt))
+        add(f"from_sparse24 {name}", from_sparse24_triton, *to_sparse24_ref(w(64, 256, dt)))
         for k_in in (192, 256):  # decode BK = 64 or 128
             vals, meta = to_sparse24_ref(w(128, k_in, dt))
             for tokens in (1, 4, 64, 100, 200):
                 add(
                     f"sparse24_linear {name} K={k_in} tokens={tokens}",
-                    k.sparse24_linear_triton,
+                    sparse24_linear_triton,
                     w(tokens, k_in, dt),
                     vals,
                     meta,
@@ -173,18 +214,18 @@ def cases() -> list[Case]:
     for n, m in ((2, 4), (1, 4)):
         vals = torch.zeros(wide, 256 // m * n, dtype=torch.float16)
         words = torch.zeros(wide, words_per_row(256 // m * n, m), dtype=torch.int32)
-        add(f"nm_linear fp16 {n}:{m} tokens=4 N={wide}", k.nm_linear_triton,
+        add(f"nm_linear fp16 {n}:{m} tokens=4 N={wide}", nm_linear_triton,
             w(4, 256, torch.float16), vals, words, n, m, None)  # fmt: skip
     # decode with the K range split (16 row blocks of 1024 rows, 2048 columns)
     for name in ("fp16", "bf16"):
         for n, m in ((1, 2), (2, 4), (1, 4), (2, 8), (1, 8), (4, 8)):
             vals = torch.zeros(1024, 2048 // m * n, dtype=dtypes[name])
             words = torch.zeros(1024, words_per_row(2048 // m * n, m), dtype=torch.int32)
-            add(f"nm_linear {name} {n}:{m} tokens=1 N=1024 K=2048 split", k.nm_linear_triton,
+            add(f"nm_linear {name} {n}:{m} tokens=1 N=1024 K=2048 split", nm_linear_triton,
                 w(1, 2048, dtypes[name]), vals, words, n, m, None)  # fmt: skip
     vals = torch.zeros(wide, 128, dtype=torch.float16)
     meta = torch.zeros(wide, 16, dtype=torch.int16)
-    add(f"sparse24_linear fp16 K=256 tokens=4 N={wide}", k.sparse24_linear_triton,
+    add(f"sparse24_linear fp16 K=256 tokens=4 N={wide}", sparse24_linear_triton,
         w(4, 256, torch.float16), vals, meta, None)  # fmt: skip
 
     phases = {  # (update_v, srste_decay, n, want_z, given masks)
@@ -203,7 +244,7 @@ def cases() -> list[Case]:
             masks = [torch.ones(p.shape, dtype=torch.bool) for p in params] if given else None
             add(
                 f"adam_update {name} {phase}",
-                k.adam_update_triton,
+                adam_update_triton,
                 params,
                 grads,
                 *states,
@@ -336,6 +377,14 @@ def compile_arch(arch: int, only: str = "") -> list[Compiled]:
     return records
 
 
+def triton_in_worker() -> tuple[str, str]:
+    """``(version, folder)`` of the Triton a worker process imports: the one ``PYTHONPATH``
+    puts first (the spawned workers inherit the environment), as in this process."""
+    import triton
+
+    return triton.__version__, os.path.dirname(triton.__file__)
+
+
 # ------------------------------------------------------------------------------ reporting
 
 
@@ -387,6 +436,12 @@ def main(argv: list[str] | None = None) -> int:
     with ProcessPoolExecutor(
         max_workers=min(len(args.arch), os.cpu_count() or 1), mp_context=get_context("spawn")
     ) as pool:
+        version, where = pool.submit(triton_in_worker).result()
+        print(f"compiling with triton {version} from {where}")
+        if version != triton.__version__:  # the workers must compile with the Triton reported
+            print(f"the workers import triton {version}, this process {triton.__version__}",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         records = [
             r for rs in pool.map(compile_arch, args.arch, [args.only] * len(args.arch)) for r in rs
         ]
