@@ -53,10 +53,10 @@ from typing import Any
 import _common as common
 import torch
 import torch.nn.functional as F
+from step.kernels.nm_positions import words_per_row
 
 import step
 from step.ops.nm_mask import nm_mask_ref
-from step.ops.nm_positions import words_per_row
 
 SHAPES = ((4096, 4096), (11008, 4096), (4096, 11008))
 TOKENS = (1, 4, 16, 256, 4096)

@@ -21,9 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
-from step.ops.float_bits import magnitude_constants  # moves to .float_bits next
-
 from .adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
+from .float_bits import magnitude_constants
 from .nm_select import group_block, keep_top_n, magnitude_key
 
 _BITS = {torch.float32: tl.int32, torch.float16: tl.int16, torch.bfloat16: tl.int16}

@@ -30,13 +30,12 @@ import torch
 import triton
 import triton.language as tl
 
-from step.ops.float_bits import bits_view, magnitude_constants
-
 from . import INTERPRET, dot_precision
+from .float_bits import bits_view, magnitude_constants
 from .linear_io import as_rows, linear_output, output_rows, token_tile
+from .nm_k_tile import store_y
 from .nm_mask import nm_mask_triton
 from .nm_select import keep_top_n, magnitude_key
-from .nm_step import store_y
 
 
 @triton.jit

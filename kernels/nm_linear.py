@@ -1,9 +1,9 @@
 """y = x @ W.T + bias with W read straight from the N:M compressed format, any N:M.
 
 W ``[N, K]`` arrives as ``values [N, G*n]`` and bit-packed positions (``b`` bits each,
-``step.ops.nm_positions``). Each program owns a ``[BM, BN]`` tile of y and walks K in
+``nm_positions.py``). Each program owns a ``[BM, BN]`` tile of y and walks K in
 chunks of ``BG`` groups: it loads the chunk's ``[BN, BG, n]`` values and their positions
-(``nm_step``: whole words where possible, else the two words an entry straddles), scatters them
+(``nm_k_tile``: whole words where possible, else the two words an entry straddles), scatters them
 into a dense ``[BN, BG, MP]`` tile in registers (MP = next power of two >= m; lanes
 past m are zero, as are the matching x lanes) and feeds ``tl.dot``. With at most
 ``BM`` tokens the grid has one row of programs, so every weight byte is read once
@@ -18,8 +18,8 @@ import triton.language as tl
 
 from . import INTERPRET, dot_precision
 from .linear_io import as_rows, linear_output, output_rows, token_tile
+from .nm_k_tile import load_kept_step, load_x_step, store_y
 from .nm_linear_decode import TOKENS, nm_linear_decode_triton
-from .nm_step import load_kept_step, load_x_step, store_y
 
 
 @triton.jit
@@ -76,8 +76,8 @@ def nm_linear_triton(
     bias: torch.Tensor | None,
 ) -> torch.Tensor:
     """x [..., K]; values [N, K*n/m] of x.dtype; positions int32 [N, words] (bit-packed,
-    ``step.ops.nm_positions``); bias [N] or None -> y [..., N] of x.dtype."""
-    from step.ops.nm_positions import position_bits
+    ``nm_positions.py``); bias [N] or None -> y [..., N] of x.dtype."""
+    from .nm_positions import position_bits
 
     k_in = x.shape[-1]
     n_out = values.shape[0]

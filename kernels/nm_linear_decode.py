@@ -23,7 +23,7 @@ import triton.language as tl
 
 from . import INTERPRET, dot_precision
 from .linear_io import linear_output
-from .nm_step import load_kept_step, load_x_step, store_y
+from .nm_k_tile import load_kept_step, load_x_step, store_y
 
 TOKENS = 16  # tl.dot's smallest dimension: 1 to 16 tokens share one [16, K] tile of x
 
@@ -148,11 +148,10 @@ def nm_linear_decode_triton(
     tiles: tuple[int, int, int, int] | None = None,
 ) -> torch.Tensor:
     """x [T, K] with T <= 16, unit stride along K; values [N, K*n/m] of x.dtype; positions
-    int32 [N, words] (bit-packed, ``step.ops.nm_positions``); bias [N] or None ->
+    int32 [N, words] (bit-packed, ``nm_positions.py``); bias [N] or None ->
     y [T, N] of x.dtype. ``tiles`` overrides ``nm_linear_decode_tiles``."""
-    from step.ops.nm_positions import position_bits
-
     from .linear_io import _sm_count
+    from .nm_positions import position_bits
 
     n_tokens, k_in = x.shape
     n_out = values.shape[0]

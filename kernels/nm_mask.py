@@ -7,8 +7,7 @@ import torch
 import triton
 import triton.language as tl
 
-from step.ops.float_bits import bits_view, magnitude_constants
-
+from .float_bits import bits_view, magnitude_constants
 from .nm_select import group_block, keep_top_n, magnitude_key
 
 

@@ -9,9 +9,8 @@ import torch
 import triton
 import triton.language as tl
 
-from step.ops.float_bits import bits_view, magnitude_constants
-
 from .cutlass_layout import cutlass_meta_offset
+from .float_bits import bits_view, magnitude_constants
 from .nm_select import keep_top_n, kept_slot, magnitude_key
 
 WORDS_PER_PROGRAM = 128  # 128 words = 512 groups = 2048 weights per program

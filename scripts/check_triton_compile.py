@@ -96,11 +96,11 @@ def cases() -> list[Case]:
     from step.kernels.nm_compress import nm_compress_triton, nm_decompress_triton
     from step.kernels.nm_linear import nm_linear_triton
     from step.kernels.nm_mask import nm_mask_triton
+    from step.kernels.nm_positions import pack_positions, words_per_row
     from step.kernels.sparse24_linear import sparse24_linear_triton
     from step.kernels.sparse24_pack import from_sparse24_triton, to_sparse24_triton
 
     from step.ops.nm_compress import nm_compress_ref
-    from step.ops.nm_positions import pack_positions, words_per_row
     from step.ops.sparse24 import to_sparse24_ref
 
     dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}

@@ -9,6 +9,7 @@ import pytest
 import torch
 from helpers import DTYPES, HALF_DTYPES, assert_bits_equal, random_weights
 from safetensors import safe_open
+from step.kernels.float_bits import MAGNITUDE_BITS, bits_view
 from test_export import (
     Net,
     make_target,
@@ -23,7 +24,6 @@ import step
 from step.export import verify_export
 from step.export.format import COMPRESSED_WEIGHTS, DENSE_WEIGHTS
 from step.nn.sparsity import sparsity_of
-from step.ops.float_bits import MAGNITUDE_BITS, bits_view
 
 FORMATS = ("dense", "compressed")
 

@@ -13,11 +13,11 @@ from helpers import (
     random_weights,
 )
 from step.kernels.nm_linear import nm_linear_tiles
+from step.kernels.nm_positions import words_per_row
 
 import step
 from step.ops import nm_linear_ref, pack_positions, position_bits, unpack_positions
 from step.ops.compressed_weight import NM_POSITIONS, compress_weight
-from step.ops.nm_positions import words_per_row
 
 
 @pytest.mark.parametrize("m", [2, 3, 4, 5, 8, 16, 32])

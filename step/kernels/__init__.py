@@ -38,29 +38,4 @@ def dot_precision(dtype) -> str:
     return "tf32"
 
 
-_LAUNCHER_MODULES = {
-    "nm_mask_triton": "nm_mask",
-    "nm_compress_triton": "nm_compress",
-    "nm_decompress_triton": "nm_compress",
-    "to_sparse24_triton": "sparse24_pack",
-    "from_sparse24_triton": "sparse24_pack",
-    "sparse24_linear_triton": "sparse24_linear",
-    "nm_linear_triton": "nm_linear",
-    "masked_linear_triton": "masked_linear",
-    "masked_linear_dx_triton": "masked_linear",
-    "adam_update_triton": "adam_update",
-}
-
-
-def __getattr__(name: str):
-    """``step.kernels.<launcher>``, for scripts written before the launchers were imported
-    from their modules (``from step.kernels.nm_mask import nm_mask_triton``): importing
-    this package imports no launcher and no Triton."""
-    if name not in _LAUNCHER_MODULES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    return getattr(importlib.import_module(f".{_LAUNCHER_MODULES[name]}", __name__), name)
-
-
-__all__ = ["INTERPRET", "dot_precision", *_LAUNCHER_MODULES]
+__all__ = ["INTERPRET", "dot_precision"]

@@ -4,6 +4,7 @@ Each op module holds the op's pure-PyTorch reference (``*_ref``), its input chec
 fake (meta) implementation and its registration with :mod:`step.ops.dispatch`.
 """
 
+from ..kernels.nm_positions import pack_positions, position_bits, unpack_positions
 from .adam_update import adam_update, adam_update_ref
 from .dispatch import BackendError, BackendStatus, backends, registered_ops, use_backend
 from .masked_linear import masked_linear, masked_linear_dx_ref, masked_linear_ref
@@ -16,7 +17,6 @@ from .nm_compress import (
 )
 from .nm_linear import nm_linear, nm_linear_ref
 from .nm_mask import nm_mask, nm_mask_ref
-from .nm_positions import pack_positions, position_bits, unpack_positions
 from .sparse24 import (
     cutlass_meta_offsets_ref,
     from_sparse24,

@@ -7,7 +7,7 @@ Two layouts, named in exported files:
   :func:`step.sparse24_linear` (tensor cores where available).
 * ``"nm_positions"``: :func:`step.nm_compress` ``(values [rows, K*n/m], indices)``; any
   N:M and dtype. In memory the positions are bit-packed (``meta`` is int32
-  ``[rows, words]``, :mod:`step.ops.nm_positions`), which is what
+  ``[rows, words]``, :mod:`step.kernels.nm_positions`), which is what
   :func:`step.nm_linear` streams; files hold them as uint8 ``indices``
   (:meth:`CompressedWeight.file_tensors`, :func:`from_file_tensors`).
 
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels.nm_positions import unpack_positions
 from .checks import HALF_DTYPES, call_op, check_nm, check_tensor
 from .dispatch import choose, forced_backend
 from .nm_compress import NMCompressed, nm_compress, nm_decompress
 from .nm_linear import check_nm_linear_args
-from .nm_positions import unpack_positions
 from .sparse24 import COL_MULTIPLE, ROW_MULTIPLE, from_sparse24, to_sparse24
 from .sparse24_linear import check_sparse24_linear_args
 

@@ -12,10 +12,10 @@ from functools import cached_property
 
 import torch
 
+from ..kernels.float_bits import bits_view
 from ..kernels.shapes import as_matrix
 from .checks import call_op, check_nm, check_same_device, check_tensor
 from .dispatch import choose, register
-from .float_bits import bits_view
 from .nm_mask import check_nm_mask_args, nm_mask_ref
 
 
@@ -63,9 +63,9 @@ class NMCompressed:
     @cached_property
     def positions(self) -> torch.Tensor:
         """The positions bit-packed for the kernels: int32 ``[rows, words]`` over the rows
-        of ``indices`` viewed 2-D (:func:`step.ops.nm_positions.pack_positions`; built
+        of ``indices`` viewed 2-D (:func:`step.kernels.nm_positions.pack_positions`; built
         once per object)."""
-        from .nm_positions import pack_positions
+        from ..kernels.nm_positions import pack_positions
 
         return pack_positions(as_matrix(self.indices), self.m)
 

@@ -2,7 +2,7 @@
 
 W ``[N, K]`` is stored as :class:`~step.ops.nm_compress.NMCompressed`: ``values``
 ``[N, K*n/m]`` and the positions bit-packed (``NMCompressed.positions``, int32
-``[N, words]``, see :mod:`step.ops.nm_positions`); the op takes the packed form.
+``[N, words]``, see :mod:`step.kernels.nm_positions`); the op takes the packed form.
 Backends: ``reference`` (unpack, decompress, ``F.linear``) everywhere; ``triton``
 (``step.kernels.nm_linear``) reads the compressed weight directly: weight streaming for
 few tokens, tiled beyond.
@@ -13,11 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..kernels.nm_positions import position_bits, unpack_positions, words_per_row
 from ..kernels.shapes import as_matrix
 from .checks import call_op, check_same_device, check_same_dtype, check_tensor
 from .dispatch import choose, register
 from .nm_compress import NMCompressed, check_compressed_values, nm_decompress_ref
-from .nm_positions import check_packed_positions, unpack_positions
 
 
 def nm_unpack_dense(values: torch.Tensor, positions: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -37,6 +37,19 @@ def nm_linear_ref(
     """Reference: x [..., K]; values [N, K*n/m]; positions int32 [N, words] (packed);
     bias [N] -> y [..., N]."""
     return F.linear(x, nm_unpack_dense(values, positions, n, m), bias)
+
+
+def check_packed_positions(positions: object, rows: int, kept: int, m: int) -> None:
+    """``positions`` must be int32 ``[rows, words_per_row(kept, m)]``."""
+    expected = (rows, words_per_row(kept, m))
+    if not isinstance(positions, torch.Tensor):
+        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
+    if positions.dtype != torch.int32 or tuple(positions.shape) != expected:
+        raise ValueError(
+            f"positions has shape {tuple(positions.shape)} and dtype {positions.dtype}; "
+            f"expected int32 {list(expected)} (step.pack_positions of the {kept} uint8 "
+            f"positions per row, {position_bits(m)} bits each for m={m})"
+        )
 
 
 def check_nm_linear_args(x, values, positions, n, m, bias) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.float_bits import MAGNITUDE_BITS
 from .checks import call_op, check_groups, check_nm, check_tensor
 from .dispatch import choose, register
-from .float_bits import MAGNITUDE_BITS
 
 _PAIRWISE_MAX_M = 8  # up to here comparing each pair once beats topk on CPU
 

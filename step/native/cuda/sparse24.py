@@ -14,13 +14,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ...kernels.float_bits import magnitude_constants
 from ...ops.dispatch import register
 from .loader import launch
 
 SOURCE = "sparse24_pack.cu"
 THREADS = 256  # one meta word (16 dense elements) per thread per step
 MAX_BLOCKS = 2**31 - 1
-_INF_BITS = {torch.float16: 0x7C00, torch.bfloat16: 0x7F80}
 
 
 def _grid(n_words: int) -> tuple[int]:
@@ -35,9 +35,10 @@ def to_sparse24_cuda(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     meta = torch.empty((rows, k // 16), dtype=torch.int16, device=w.device)
     n_words = rows * (k // 16)
     if n_words:
+        _, inf_bits = magnitude_constants(w.dtype)
         args = (
             w, values, meta,
-            np.int64(n_words), np.int32(rows), np.int32(k // 16), np.int32(_INF_BITS[w.dtype]),
+            np.int64(n_words), np.int32(rows), np.int32(k // 16), np.int32(inf_bits),
         )  # fmt: skip
         launch(
             SOURCE, "sparse24_compress_kernel", _grid(n_words), (THREADS,), args, device=w.device

@@ -56,16 +56,3 @@ def unpack_positions(words: torch.Tensor, m: int, kept: int) -> torch.Tensor:
     padded = torch.cat([unsigned, unsigned.new_zeros((rows, 1))], dim=1)
     pair = padded[:, word] | (padded[:, word + 1] << WORD_BITS)
     return ((pair >> shift) & ((1 << position_bits(m)) - 1)).to(torch.uint8)
-
-
-def check_packed_positions(positions: object, rows: int, kept: int, m: int) -> None:
-    """``positions`` must be int32 ``[rows, words_per_row(kept, m)]``."""
-    expected = (rows, words_per_row(kept, m))
-    if not isinstance(positions, torch.Tensor):
-        raise TypeError(f"positions must be a torch.Tensor, got {type(positions).__name__}")
-    if positions.dtype != torch.int32 or tuple(positions.shape) != expected:
-        raise ValueError(
-            f"positions has shape {tuple(positions.shape)} and dtype {positions.dtype}; "
-            f"expected int32 {list(expected)} (step.pack_positions of the {kept} uint8 "
-            f"positions per row, {position_bits(m)} bits each for m={m})"
-        )

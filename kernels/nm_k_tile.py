@@ -1,8 +1,9 @@
-"""One K step of an N:M compressed weight and of x, and y's store: the nm_linear kernels' parts.
+"""One tile of the K loop (a "step") of an N:M compressed weight and of x, and y's store:
+the nm_linear kernels' parts.
 
 A step covers groups ``g`` (``[BG]``) of rows ``rn`` (``[BN]``): the kept values
 ``[BN, BG, NP]`` (entry ``e = g*N + s`` of each row, zero where masked), their positions
-(bit-packed, ``step.ops.nm_positions``) and the matching ``[rows, BG, MP]`` chunk of x.
+(bit-packed, ``nm_positions.py``) and the matching ``[rows, BG, MP]`` chunk of x.
 """
 
 import triton
