@@ -1,8 +1,9 @@
 """Tile sizes shared by the Triton matmul launchers (step.kernels.linear_io)."""
 
 import torch
-from step.kernels import linear_io
 from step.kernels.linear_io import decode_rows, token_tile
+
+from step.kernels import linear_io
 
 
 def test_token_tile_by_token_count_and_dtype():

@@ -3,9 +3,9 @@
 import pytest
 import torch
 from helpers import assert_within_tolerance_rule, kernel_devices, nm_linear_case, nm_linear_fp64
-from step.kernels import nm_linear_decode as decode
 
 import step
+from step.kernels import nm_linear_decode as decode
 from step.ops import nm_linear_ref
 
 
