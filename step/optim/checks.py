@@ -8,6 +8,8 @@ from __future__ import annotations
 import math
 import numbers
 
+from ..ops.checks import check_nm
+
 
 def describe(value: object) -> str:
     """``value`` as an error message shows it: its type and repr."""
@@ -58,3 +60,41 @@ def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
     if value not in choices:
         raise ValueError(f"unknown {name} {value!r}; choose one of {choices}")
     return value
+
+
+def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
+    """``betas`` is a pair of finite floats in [0, 1)."""
+    expected = f"{name} must be two floats in [0, 1), e.g. (0.9, 0.999)"
+    if not isinstance(betas, tuple | list) or len(betas) != 2:
+        raise TypeError(f"{expected}; got {describe(betas)}")
+    for i, b in enumerate(betas):
+        if not is_real(b):
+            raise TypeError(f"{expected}; got {betas!r} ({name}[{i}] is {describe(b)})")
+        if not (math.isfinite(b) and 0.0 <= b < 1.0):
+            raise ValueError(f"{expected}; got {betas!r} ({name}[{i}] is {b!r})")
+    return float(betas[0]), float(betas[1])
+
+
+def check_hyperparameters(group: dict, prefix: str = "") -> dict:
+    """The hyperparameters of a param group (or of the defaults), checked; returned as
+    floats. ``prefix`` names where they come from in messages (``param_groups[1]``)."""
+    name = (lambda key: f"{prefix}[{key!r}]") if prefix else (lambda key: key)
+    return {
+        "lr": check_real(group["lr"], name("lr")),
+        "betas": check_betas(group["betas"], name("betas")),
+        "eps": check_real(group["eps"], name("eps"), example="1e-8"),
+        "weight_decay": check_real(group["weight_decay"], name("weight_decay"), example="0.01"),
+        "srste_decay": check_real(group["srste_decay"], name("srste_decay"), example="2e-4"),
+    }
+
+
+def check_group_nm(nm: object, name: str) -> tuple[int, int] | None:
+    """A param group's ``nm``: None or a pair ``(n, m)`` of ints, ``1 <= n < m <= 32``."""
+    if nm is None:
+        return None
+    if not isinstance(nm, tuple | list) or len(nm) != 2:
+        raise TypeError(f"{name} must be None or a pair (n, m), e.g. (2, 4); got {describe(nm)}")
+    try:
+        return check_nm(*nm)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{name}: {e}") from None

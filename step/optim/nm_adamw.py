@@ -10,7 +10,6 @@ multi-tensor op ``step::adam_update``: one call per param group and kind, not pe
 from __future__ import annotations
 
 import copy
-import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 
@@ -18,9 +17,8 @@ import torch
 
 from ..nn.sparsity import attach_sparsity, sparsity_of
 from ..ops.adam_update import adam_update
-from ..ops.checks import check_nm
 from ..ops.dispatch import choose
-from .checks import check_int, check_real, describe, is_real
+from .checks import check_group_nm, check_hyperparameters, check_int, describe
 
 RECIPE_KEY = "recipe"
 """Key of the recipe's own state (step count, phase...) in ``optimizer.state``."""
@@ -30,44 +28,6 @@ def _local(t: torch.Tensor) -> torch.Tensor:
     """The local shard of a DTensor (FSDP2), or the tensor itself."""
     to_local = getattr(t, "to_local", None)
     return to_local() if to_local is not None else t
-
-
-def check_betas(betas: object, name: str = "betas") -> tuple[float, float]:
-    """``betas`` is a pair of finite floats in [0, 1)."""
-    expected = f"{name} must be two floats in [0, 1), e.g. (0.9, 0.999)"
-    if not isinstance(betas, tuple | list) or len(betas) != 2:
-        raise TypeError(f"{expected}; got {describe(betas)}")
-    for i, b in enumerate(betas):
-        if not is_real(b):
-            raise TypeError(f"{expected}; got {betas!r} ({name}[{i}] is {describe(b)})")
-        if not (math.isfinite(b) and 0.0 <= b < 1.0):
-            raise ValueError(f"{expected}; got {betas!r} ({name}[{i}] is {b!r})")
-    return float(betas[0]), float(betas[1])
-
-
-def check_hyperparameters(group: dict, prefix: str = "") -> dict:
-    """The hyperparameters of a param group (or of the defaults), checked; returned as
-    floats. ``prefix`` names where they come from in messages (``param_groups[1]``)."""
-    name = (lambda key: f"{prefix}[{key!r}]") if prefix else (lambda key: key)
-    return {
-        "lr": check_real(group["lr"], name("lr")),
-        "betas": check_betas(group["betas"], name("betas")),
-        "eps": check_real(group["eps"], name("eps"), example="1e-8"),
-        "weight_decay": check_real(group["weight_decay"], name("weight_decay"), example="0.01"),
-        "srste_decay": check_real(group["srste_decay"], name("srste_decay"), example="2e-4"),
-    }
-
-
-def check_group_nm(nm: object, name: str) -> tuple[int, int] | None:
-    """A param group's ``nm``: None or a pair ``(n, m)`` of ints, ``1 <= n < m <= 32``."""
-    if nm is None:
-        return None
-    if not isinstance(nm, tuple | list) or len(nm) != 2:
-        raise TypeError(f"{name} must be None or a pair (n, m), e.g. (2, 4); got {describe(nm)}")
-    try:
-        return check_nm(*nm)
-    except (TypeError, ValueError) as e:
-        raise type(e)(f"{name}: {e}") from None
 
 
 HYPERPARAMETERS = ("lr", "betas", "eps", "weight_decay", "srste_decay")
