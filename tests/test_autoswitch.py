@@ -1,4 +1,10 @@
-"""AutoSwitch: the paper rule, the scale-free default, clipping, persistence."""
+"""AutoSwitch: the paper rule, the scale-free default, clipping, persistence; the
+defaults for a run of a stated length (``STEP(..., total_steps=N)``) and ``step.freeze``'s
+warning about masks never learned."""
+
+import copy
+import io
+import warnings
 
 import pytest
 import torch
@@ -168,3 +174,195 @@ def test_scale_free_end_to_end():
     assert switch_step_of_training(loss_scale=1e3) == base
     assert switch_step_of_training(loss_scale=1e-3) == base
     assert switch_step_of_training(copies=3) == base
+
+
+# ---------------------------------------------------------------- the run's length
+
+
+class TestForRun:
+    @pytest.mark.parametrize("total,window,t_min,t_max", [
+        (1, 5, 1, 1), (10, 5, 1, 5), (100, 5, 10, 50), (2_000, 100, 200, 1_000),
+        (100_000, 1_000, 10_000, 50_000),  # capped at v's own time scale 1/(1-beta2)
+    ])  # fmt: skip
+    def test_window_and_clip_fit_the_run(self, total, window, t_min, t_max):
+        switch = AutoSwitch.for_run(total)
+        assert (switch.window, switch.t_min, switch.t_max) == (window, t_min, t_max)
+        assert (switch.criterion, switch.threshold, switch.total_steps) == ("plateau", 0.95, total)
+        assert switch.cannot_switch_within(total) is None
+
+    def test_window_follows_beta2(self):
+        assert AutoSwitch.for_run(100_000, beta2=0.99).window == 100
+
+    @pytest.mark.parametrize("total,error", [(0, ValueError), (2.5, TypeError), (True, TypeError)])
+    def test_bad_total_steps(self, total, error):
+        with pytest.raises(error, match="total_steps must be a positive int"):
+            AutoSwitch.for_run(total)
+
+
+class TestCannotSwitchWithin:
+    def test_default_cannot_decide_before_two_windows(self):
+        switch = AutoSwitch()
+        switch.attach(0.999)
+        assert "cannot decide before step 2000, and there is no t_max" in (
+            switch.cannot_switch_within(1999)
+        )
+        assert switch.cannot_switch_within(2000) is None
+
+    def test_t_min_and_t_max(self):
+        assert AutoSwitch(t_min=60, window=5).cannot_switch_within(50) == "t_min is 60"
+        assert AutoSwitch(t_max=50, window=1000).cannot_switch_within(50) is None
+        assert "t_max is 51" in AutoSwitch(t_max=51, window=1000).cannot_switch_within(50)
+
+    def test_paper_rule_may_fire_any_time(self):
+        assert (
+            AutoSwitch(criterion="paper", threshold=1e-8, window=1000).cannot_switch_within(5)
+            is None
+        )
+
+
+def sparse_model():
+    return torch.nn.Sequential(SparseLinear(16, 32), torch.nn.GELU(), SparseLinear(32, 8))
+
+
+def train_steps(model, opt, steps, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(8, 16, generator=gen)
+        opt.zero_grad()
+        model(x).pow(2).mean().backward()
+        opt.step()
+
+
+class TestSTEPTotalSteps:
+    @pytest.mark.parametrize("total", [1, 7, 60])
+    def test_a_short_run_learns_masks(self, total):
+        torch.manual_seed(0)
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), lr=1e-3, total_steps=total)
+        assert vars(opt.autoswitch) == vars(AutoSwitch.for_run(total))
+        train_steps(model, opt, total)
+        assert opt.phase == "mask_learning"
+        assert opt.switch_step <= opt.autoswitch.t_max == max(1, round(total / 2))
+        assert all(layer.sparsity.mode == "ste" for layer in (model[0], model[2]))
+
+    def test_without_total_steps_the_default_is_unchanged(self):
+        opt = step.optim.STEP(sparse_model().parameters())
+        expected = AutoSwitch()
+        expected.attach(0.999)
+        assert vars(opt.autoswitch) == vars(expected)
+
+    @pytest.mark.parametrize("total", [None, 500])
+    def test_an_explicit_autoswitch_is_used_as_given(self, total):
+        given = AutoSwitch(t_min=3, t_max=40, window=7)
+        opt = step.optim.STEP(sparse_model().parameters(), autoswitch=given, total_steps=total)
+        assert opt.autoswitch is given
+        assert (given.t_min, given.t_max, given.window, given.total_steps) == (3, 40, 7, None)
+        fixed = step.optim.STEP(sparse_model().parameters(), autoswitch=30, total_steps=total)
+        assert (fixed.autoswitch.t_min, fixed.autoswitch.t_max) == (30, 30)
+
+    def test_make_passes_it_on(self):
+        opt = step.optim.make("step", sparse_model().parameters(), total_steps=300)
+        assert opt.autoswitch.t_max == 150
+
+    @pytest.mark.parametrize("kwargs,error,pattern", [
+        ({"total_steps": 0}, ValueError, "total_steps must be a positive int"),
+        ({"total_steps": 10.0}, TypeError, "total_steps must be a positive int"),
+        ({"total_steps": 50, "autoswitch": 100}, ValueError,
+         r"autoswitch=100 cannot switch within the run of total_steps=50 steps \(t_min is 100\)"),
+        ({"total_steps": 1999, "autoswitch": AutoSwitch()}, ValueError,
+         "cannot decide before step 2000, and there is no t_max"),
+        ({"total_steps": 100, "autoswitch": AutoSwitch(t_max=0.5, total_steps=200)}, ValueError,
+         "disagree on the run's length"),
+    ])  # fmt: skip
+    def test_refused_before_anything_changes(self, kwargs, error, pattern):
+        w = torch.nn.Parameter(torch.randn(4, 8))
+        given = kwargs.get("autoswitch")
+        window = given.window if isinstance(given, AutoSwitch) else None
+        with pytest.raises(error, match=pattern):
+            step.optim.STEP([{"params": [w], "nm": (2, 4)}], **kwargs)
+        assert step.nn.sparsity_of(w) is None
+        if isinstance(given, AutoSwitch):
+            assert given.window == window
+
+    @pytest.mark.parametrize("saved_total,loaded_total", [(None, 40), (40, None)])
+    def test_state_dicts_load_across_the_argument(self, saved_total, loaded_total):
+        """A state_dict keeps the AutoSwitch it was saved with (the format is unchanged):
+        one saved without total_steps loads into STEP(total_steps=...) and vice versa."""
+        torch.manual_seed(0)
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), total_steps=saved_total)
+        train_steps(model, opt, 3)
+        saved = opt.state_dict()
+        assert set(saved["state"]["recipe"]) == {"name", "t", "phase", "switch_step",
+                                                 "autoswitch"}  # fmt: skip
+        fresh = step.optim.STEP(model.parameters(), total_steps=loaded_total)
+        fresh.load_state_dict(saved)
+        assert fresh.autoswitch.state_dict() == opt.autoswitch.state_dict()
+        assert fresh.t == 3
+
+
+def freeze_warnings(model):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        step.freeze(model)
+    return [w for w in caught if issubclass(w.category, UserWarning)]
+
+
+class TestFreezeWarns:
+    def test_before_the_switch(self):
+        torch.manual_seed(0)
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), lr=1e-3)
+        train_steps(model, opt, 5)
+        with pytest.warns(UserWarning, match=r"STEP\(params, \.\.\., total_steps=N\)") as rec:
+            step.freeze(model)
+        message = str(rec[0].message)
+        assert "2 of 2 sparse layers are pruned by weight magnitude" in message
+        assert "after 5 steps" in message and "cannot decide before step 2000" in message
+        assert rec[0].filename == __file__  # points at the caller's line
+
+    def test_before_t_max_says_when_it_will_switch(self):
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), lr=1e-3, total_steps=100)
+        train_steps(model, opt, 3)
+        with pytest.warns(UserWarning, match="it switches at step 50 at the latest"):
+            step.freeze(model)
+
+    def test_not_after_the_switch(self):
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), lr=1e-3, total_steps=10)
+        train_steps(model, opt, 10)
+        assert opt.phase == "mask_learning" and freeze_warnings(model) == []
+
+    def test_not_after_loading_a_switched_state(self):
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), autoswitch=2)
+        train_steps(model, opt, 3)
+        fresh_model = sparse_model()
+        fresh_model.load_state_dict(model.state_dict())
+        fresh = step.optim.STEP(fresh_model.parameters())
+        fresh.load_state_dict(opt.state_dict())
+        assert freeze_warnings(fresh_model) == []
+
+    @pytest.mark.parametrize("recipe", ["none", "dense", "asp", "srste"])
+    def test_not_without_a_STEP_optimizer(self, recipe):
+        model = sparse_model()
+        if recipe != "none":
+            kwargs = {"total_steps": 4} if recipe == "asp" else {}
+            opt = step.optim.make(recipe, model.parameters(), **kwargs)
+            train_steps(model, opt, 1)
+        assert freeze_warnings(model) == []
+
+    def test_copies_and_pickles_keep_the_warning(self):
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters())
+        train_steps(model, opt, 2)
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        buffer.seek(0)
+        for twin in (copy.deepcopy(model), torch.load(buffer, weights_only=False)):
+            with pytest.warns(UserWarning, match="discarded in its precondition phase"):
+                step.freeze(twin)
+        assert opt.phase == "precondition"  # the original still has its optimizer
+        with pytest.warns(UserWarning, match="after 2 steps"):
+            step.freeze(model)

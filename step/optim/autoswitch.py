@@ -21,6 +21,10 @@ reduced across ranks). Two criteria decide, at the end of step ``t``, whether to
 
 Switching happens once. The decision, the statistic and the sample history are in
 :meth:`AutoSwitch.state_dict`, so a resumed run switches on the same step.
+
+:meth:`AutoSwitch.for_run` gives the settings STEP uses for a run whose length it is told
+(``STEP(..., total_steps=N)``): a window fitted to the run and a ``t_max`` that makes the
+switch come by the middle of the run at the latest.
 """
 
 from __future__ import annotations
@@ -34,6 +38,15 @@ CRITERIA = ("plateau", "paper")
 DEFAULT_THRESHOLD = {"plateau": 0.95}
 STATE_KEYS = ("criterion", "threshold", "t_min", "t_max", "window", "total_steps",
               "switch_step", "samples", "history")  # fmt: skip
+
+RUN_T_MIN = 0.1
+""":meth:`AutoSwitch.for_run`'s earliest switch, a fraction of the run (the CLI's too)."""
+RUN_T_MAX = 0.5
+""":meth:`AutoSwitch.for_run`'s latest switch: at least half of the run learns masks."""
+RUN_WINDOWS = 20
+""":meth:`AutoSwitch.for_run` fits this many windows into the run (the CLI's rule)..."""
+RUN_MIN_WINDOW = 5
+"""... but takes no window shorter than this (a shorter one is all noise)."""
 
 
 @dataclass
@@ -123,6 +136,22 @@ class AutoSwitch:
         self.history: list[AutoSwitchRecord] = []
         self._samples: _Window | None = None
 
+    @classmethod
+    def for_run(cls, total_steps: int, beta2: float = 0.999) -> AutoSwitch:
+        """The plateau criterion fitted to a run of ``total_steps`` optimizer steps.
+
+        ``window = min(round(1 / (1 - beta2)), max(5, total_steps // 20))`` (v's own time
+        scale, but at least 20 windows in the run), ``t_min = 10%`` and ``t_max = 50%`` of
+        the run: the switch comes when v has settled, and by the middle of the run at the
+        latest, so at least half of it learns masks. These are ``step-sparsity train``'s
+        defaults too. ``STEP(..., total_steps=N)`` builds its AutoSwitch with this.
+        """
+        total_steps = check_int(total_steps, "total_steps", hint=" (the run's optimizer steps)")
+        beta2 = check_real(beta2, "beta2", high=1.0, example="0.999")
+        own = max(1, round(1.0 / (1.0 - beta2)))
+        window = min(own, max(RUN_MIN_WINDOW, total_steps // RUN_WINDOWS))
+        return cls(t_min=RUN_T_MIN, t_max=RUN_T_MAX, window=window, total_steps=total_steps)
+
     def _steps(self, value: int | float, name: str) -> int:
         """``t_min``/``t_max`` as a step: an int as is, a float as a fraction of the run."""
         if is_int(value):
@@ -148,6 +177,22 @@ class AutoSwitch:
     @property
     def switched(self) -> bool:
         return self.switch_step is not None
+
+    def cannot_switch_within(self, steps: int) -> str | None:
+        """Why this AutoSwitch cannot switch in the first ``steps`` steps (a sentence for a
+        warning), or None if it may (it is sure to only if ``t_max <= steps``)."""
+        if self.switched and self.switch_step <= steps:
+            return None
+        if self.t_min > steps:
+            return f"t_min is {self.t_min}"
+        if self.t_max is not None and self.t_max <= steps:
+            return None
+        cap = "there is no t_max" if self.t_max is None else f"t_max is {self.t_max}"
+        window = self.window
+        if self.criterion == "plateau" and window is not None and 2 * window > steps:
+            return (f"the plateau criterion compares two windows of {window} steps, so it "
+                    f"cannot decide before step {2 * window}, and {cap}")  # fmt: skip
+        return None
 
     def observe(self, step: int, z: float, v: float) -> bool:
         """Record step ``step``'s sample; return True if the switch happens at its end."""

@@ -12,13 +12,16 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
+import weakref
 
 import torch
 
+from ..nn.freeze import mark_pending_masks
 from ..nn.sparsity import sparsity_of
 from .autoswitch import AutoSwitch
-from .checks import check_choice, check_int, describe, is_int, is_real
+from .checks import check_betas, check_choice, check_int, describe, is_int, is_real
 from .nm_adamw import RECIPE_KEY, NMAdamW, _local
 
 PHASES = ("precondition", "mask_learning")
@@ -33,20 +36,44 @@ def _reduce_stats(stats: list[torch.Tensor]) -> tuple[float, float]:
     return dv_sum / count, v_sum / count
 
 
-def _autoswitch(value: object) -> AutoSwitch:
-    """STEP's ``autoswitch`` argument as an :class:`AutoSwitch`."""
+def _autoswitch(value: object, total_steps: int | None, beta2: float) -> AutoSwitch:
+    """STEP's ``autoswitch`` argument as an :class:`AutoSwitch` (not attached yet).
+
+    None gives :meth:`AutoSwitch.for_run` when the run's length ``total_steps`` is known,
+    else ``AutoSwitch()``. An explicit one is used as given; with ``total_steps`` it must be
+    able to switch within the run.
+    """
     if value is None:
-        return AutoSwitch()
-    if isinstance(value, AutoSwitch):
-        return value
-    if not is_int(value):
+        switch = AutoSwitch() if total_steps is None else AutoSwitch.for_run(total_steps, beta2)
+    elif isinstance(value, AutoSwitch):
+        switch = value
+    elif not is_int(value):
         raise TypeError(
             "autoswitch must be an AutoSwitch, an int step (a fixed switch) or None (the "
             f"default AutoSwitch()); got {describe(value)}"
         )
-    if value < 1:
+    elif value < 1:
         raise ValueError(f"autoswitch: a fixed switch step must be >= 1, got {value}")
-    return AutoSwitch(t_min=int(value), t_max=int(value))
+    else:
+        switch = AutoSwitch(t_min=int(value), t_max=int(value))
+    if total_steps is None:
+        return switch
+    if switch.total_steps not in (None, total_steps):
+        raise ValueError(
+            f"STEP(total_steps={total_steps}) and its {switch!r} with total_steps="
+            f"{switch.total_steps} disagree on the run's length; give it once"
+        )
+    probe = copy.copy(switch)  # the caller's AutoSwitch changes only once STEP is built
+    probe.attach(beta2)
+    reason = probe.cannot_switch_within(total_steps)
+    if reason is not None:
+        raise ValueError(
+            f"autoswitch={value!r} cannot switch within the run of total_steps={total_steps} "
+            f"steps ({reason}), so STEP would never learn masks: leave autoswitch out "
+            f"(AutoSwitch.for_run(total_steps) is the default then), or give t_max <= "
+            f"{total_steps}"
+        )
+    return switch
 
 
 class STEP(NMAdamW):
@@ -58,7 +85,16 @@ class STEP(NMAdamW):
         lr, betas, eps, weight_decay: as ``torch.optim.AdamW`` (decoupled decay).
         srste_decay: ``lambda_w`` of the SR-STE term in the mask-learning phase (0: STE).
         autoswitch: an :class:`AutoSwitch`, an ``int`` (switch at the end of that step),
-            or None (``AutoSwitch()``: the scale-free plateau criterion, no cap).
+            or None: ``AutoSwitch.for_run(total_steps, beta2)`` if ``total_steps`` is
+            given (window fitted to the run, switch between 10% and 50% of it), else
+            ``AutoSwitch()`` (window ``1/(1-beta2)``, no cap: it cannot switch before
+            step ``2/(1-beta2)``, 2000 for beta2 = 0.999, and may never).
+        total_steps: the run's length in optimizer steps. Give it: with the default
+            AutoSwitch it makes STEP learn masks in a run of any length. With an explicit
+            ``autoswitch`` it only checks that one can switch within the run.
+
+    Raises ``ValueError`` when ``autoswitch`` cannot switch within ``total_steps``.
+    ``step.freeze`` warns about a model whose STEP optimizer has not switched yet.
 
     Properties ``phase`` (``"precondition"`` / ``"mask_learning"``) and ``switch_step``.
     """
@@ -76,13 +112,19 @@ class STEP(NMAdamW):
         weight_decay: float = 0.0,
         srste_decay: float = 2e-4,
         autoswitch: AutoSwitch | int | None = None,
+        total_steps: int | None = None,
     ) -> None:
-        switch = _autoswitch(autoswitch)  # checked before the parameters are touched
+        if total_steps is not None:  # all checked before the parameters are touched
+            total_steps = check_int(total_steps, "total_steps", hint=" (the run's optimizer steps)")
+        switch = _autoswitch(autoswitch, total_steps, check_betas(betas)[1])
         super().__init__(params, lr, betas, eps, weight_decay, srste_decay)
         self.autoswitch = switch
         self.autoswitch.attach(self.defaults["betas"][1])
         self.state["recipe"].update(phase="precondition", switch_step=None)
         self._set_modes("dense")
+        pending = _PendingMasks(self)
+        for p in self.sparse_params():
+            mark_pending_masks(p, pending)
 
     @property
     def phase(self) -> str:
@@ -152,6 +194,53 @@ class STEP(NMAdamW):
     def _load_recipe_state(self, recipe):
         self.autoswitch.load_state_dict(recipe["autoswitch"])
         self._set_modes("ste" if recipe["phase"] == "mask_learning" else "dense")
+
+
+class _PendingMasks:
+    """Why the masks of a STEP optimizer's weights are not learned yet, with the fix (None
+    once they are): what ``step.freeze`` warns with (:func:`step.nn.freeze.mark_pending_masks`).
+
+    Holds the optimizer weakly; a copied or pickled model (deepcopy, ``torch.save``) keeps
+    the question but not the optimizer, and answers as for a discarded one.
+    """
+
+    def __init__(self, opt: STEP) -> None:
+        self._ref = weakref.ref(opt)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._ref = _gone
+
+    def __call__(self) -> str | None:
+        opt = self._ref()
+        if opt is not None and opt.phase != "precondition":
+            return None
+        fix = (
+            "tell STEP the run's length, STEP(params, ..., total_steps=N), so that it "
+            "switches by half the run at the latest, or call opt.switch_now() and train on"
+        )
+        if opt is None:
+            where = "was discarded in its precondition phase"
+        else:
+            switch = opt.autoswitch
+            reason = switch.cannot_switch_within(opt.t) or "its criterion has not fired yet"
+            where = f"is still in its precondition phase after {opt.t} steps ({reason}; {switch!r})"
+            if switch.t_max is not None:
+                fix = (
+                    f"train on (it switches at step {switch.t_max} at the latest), or call "
+                    "opt.switch_now() and train on"
+                )
+        return (
+            f"the STEP optimizer over this model {where}: its masks were never learned. "
+            f"To learn them, {fix}"
+        )
+
+
+def _gone() -> None:
+    """A dead reference: what a copied :class:`_PendingMasks` holds."""
+    return None
 
 
 class SRSTE(NMAdamW):
