@@ -25,6 +25,7 @@ from .environment import dist_version, versions
 from .export import command as export_command
 from .ops.dispatch import BackendError, backends, check_device
 from .train import command as train_command
+from .train.runs import export_source
 
 
 def collect_info() -> dict:
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true", help="print machine-readable JSON")
     info.set_defaults(func=_cmd_info)
     train_command.add_parser(sub)
-    export_command.add_parser(sub)
+    export_command.add_parser(sub, run_source=export_source)  # run directories: train layer
     bench_command.add_parser(sub)
     return parser
 

@@ -80,16 +80,31 @@ def test_export_command_refuses_bad_input(tmp_path, capsys):
     err = one_line_error(capsys, ["export", str(tmp_path), out, "--format", "onnx"], "export")
     assert "--format takes a comma-separated list of dense, compressed; got 'onnx'" in err
     err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
-    assert "neither a step export nor a Hugging Face model directory" in err
+    assert f"{tmp_path} holds nothing step-sparsity export reads; SRC is a step-sparsity " in err
+    assert "train run directory" in err and "Hugging Face save_pretrained directory" in err
+    (tmp_path / "config.json").write_text("{")
+    err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
+    assert "config.json is not valid JSON" in err
     (tmp_path / "config.json").write_text("{}")
     err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
     assert "has no 'step_sparsity' plan" in err
-    (tmp_path / "config.json").unlink()
+    (tmp_path / "config.json").write_text('{"architectures": ["GPT2LMHeadModel"]}')
     (tmp_path / "model.safetensors").write_bytes(b"not safetensors")
     (tmp_path / "sparsity.json").write_text("{}")
     err = one_line_error(capsys, ["export", str(tmp_path), out], "export")
     assert "model.safetensors: cannot read it as safetensors" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_export_command_writes_only_into_new_or_empty_directories(tmp_path, capsys):
+    """Checked before the source is read: nothing is written, nothing is replaced."""
+    (tmp_path / "o" / "dense").mkdir(parents=True)
+    (tmp_path / "o" / "dense" / "keep").write_text("mine")
+    argv = ["export", str(tmp_path / "none"), str(tmp_path / "o")]
+    err = one_line_error(capsys, argv, "export")
+    assert f"{tmp_path / 'o' / 'dense'} already exists and is not an empty directory" in err
+    assert (tmp_path / "o" / "dense" / "keep").read_text() == "mine"
+    assert not (tmp_path / "o" / "compressed").exists()
 
 
 def test_train_on_a_missing_device_is_one_line(tmp_path, capsys):
@@ -117,7 +132,7 @@ def test_console_script_reports_user_errors_in_one_line(tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert done.returncode == 1
-    assert done.stderr.count("\n") == 1 and "neither a step export" in done.stderr
+    assert done.stderr.count("\n") == 1 and "none: no such file or directory" in done.stderr
 
 
 def test_bugs_keep_their_traceback(monkeypatch):

@@ -45,8 +45,10 @@ def _build_model(ckpt: Checkpoint) -> nn.Module:
     config_file = ckpt.directory / "config.json"
     if not config_file.is_file():
         raise ValueError(
-            f"{ckpt.directory} has no config.json to build the model from: pass model= "
-            "(an instance of the exported model's class)"
+            f"{ckpt.directory} has no config.json to build the model from (it is not the "
+            "export of a Hugging Face model): pass model= (a fresh instance of the exported "
+            "model's class); for a step-sparsity train run's export, "
+            "step.train.runs.load_run(RUN_DIR) builds the model from the run's task"
         )
     try:
         import transformers
@@ -192,7 +194,8 @@ def load_sparse(
         path: the export directory (or its ``.safetensors`` file); dense or compressed.
         model: an instance of the exported model's class (dense or already sparsified,
             any weights) to fill in place; None builds the Hugging Face model described
-            by the directory's ``config.json``.
+            by the directory's ``config.json``. (The export of a ``step-sparsity train``
+            run has none: :func:`step.train.runs.load_run` builds its task's model.)
         device: where the model ends up.
         semi_structured: on sm80+ CUDA GPUs, run 2:4 float16/bfloat16 linear layers as
             PyTorch ``SparseSemiStructuredTensor`` weights instead of step's kernels.
