@@ -53,11 +53,37 @@ def test_cases_subset_and_default_out_in_the_current_directory(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     assert bench("--quick", "--device", "cpu", "--cases", "compress, mask", "--reps", "2") == 0
     (out,) = tmp_path.glob("bench-cpu-*.json")
-    assert out.name == f"bench-cpu-{datetime.date.today().isoformat()}.json"
+    today = datetime.date.today().isoformat()
+    assert out.name == f"bench-cpu-quick-{today}.json"  # a smoke test: never a full run's name
     records = json.loads(out.read_text())["records"]
     assert [r["case"] for r in records] == ["mask", "compress"]
     assert all(r["reps"] == 2 and r["gbps"] > 0 for r in records)
-    assert "optimizer" not in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "optimizer" not in text and f"wrote {out.name}\n" in text
+    # the same run again: a new file beside it, and the line says why
+    first = out.read_text()
+    assert bench("--quick", "--device", "cpu", "--cases", "mask", "--reps", "1") == 0
+    second = tmp_path / f"bench-cpu-quick-{today}-2.json"
+    assert f"wrote {second.name} ({out.name} already exists)" in capsys.readouterr().out
+    assert out.read_text() == first and json.loads(second.read_text())["records"]
+
+
+def test_default_names_of_quick_and_full_runs_differ():
+    date = datetime.date(2026, 11, 24)
+    assert step.bench.default_out("cpu", False, date).name == "bench-cpu-2026-11-24.json"
+    assert step.bench.default_out("cpu", True, date).name == "bench-cpu-quick-2026-11-24.json"
+    assert step.bench.default_out("cuda", True, date).name == "bench-cuda-quick-2026-11-24.json"
+
+
+def test_an_existing_out_is_refused_before_timing_unless_overwrite(tmp_path, capsys):
+    out = tmp_path / "x.json"
+    out.write_text("previous")
+    argv = ("--quick", "--device", "cpu", "--cases", "mask", "--reps", "1", "--out", str(out))
+    with pytest.raises(FileExistsError, match=r"x.json already exists: .*--overwrite"):
+        bench(*argv)
+    assert out.read_text() == "previous" and "bench:" not in capsys.readouterr().err
+    assert bench(*argv, "--overwrite") == 0
+    assert json.loads(out.read_text())["records"][0]["case"] == "mask"
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")

@@ -4,7 +4,10 @@ Each case is checked once, then timed against its baseline in the same run (roun
 median of ``--reps`` after ``--warmup``): ``nm_mask`` and ``to_sparse24`` against a copy
 of the weight, a frozen 2:4 linear layer against ``nn.Linear``, one STEP step in each
 phase against ``AdamW``. Prints a table of the ratios (baseline ms / ours ms) and writes
-JSON. The standalone runners in ``benchmarks/`` measure more (backends, dtypes, shapes).
+JSON: to ``--out`` (an existing file only with ``--overwrite``), or by default to
+``bench-<device>[-quick]-<date>.json``, suffixed ``-2``, ``-3``... where that exists (and
+said so): no result is ever overwritten silently. The standalone runners in
+``benchmarks/`` measure more (backends, dtypes, shapes).
 """
 
 from __future__ import annotations
@@ -91,7 +94,13 @@ def add_parser(sub) -> None:
         default=1,
         help="CPU only: torch.set_num_threads (default 1; 0 keeps PyTorch's)",
     )
-    p.add_argument("--out", type=Path, help="JSON file (default ./bench-<device>-<date>.json)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        help="JSON file (default ./bench-<device>[-quick]-<date>.json, with -2, -3... "
+        "added if it exists); an existing --out is refused unless --overwrite",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.add_argument(
         "--cases",
         type=_cases,
@@ -126,6 +135,49 @@ def header(device, reps: int, warmup: int, quick: bool, sizes: dict, names: list
     }
 
 
+def default_out(device_type: str, quick: bool, date: datetime.date) -> Path:
+    """``bench-<device>-<date>.json``, or ``bench-<device>-quick-<date>.json`` for
+    ``--quick``: a smoke test never takes a full run's name."""
+    kind = f"{device_type}-quick" if quick else device_type
+    return Path(f"bench-{kind}-{date.isoformat()}.json")
+
+
+def _check_out(out: Path | None, overwrite: bool) -> None:
+    """An explicit ``--out`` that exists is refused before any timing, unless
+    ``--overwrite``."""
+    if out is not None and out.exists() and not overwrite:
+        raise FileExistsError(f"{out} already exists: step-sparsity bench does not overwrite "
+                              "a result; choose another --out, or pass --overwrite")  # fmt: skip
+
+
+def _write_new(base: Path, text: str) -> Path:
+    """Write ``text`` to ``base``, or, if that exists, to the first free ``<stem>-2``,
+    ``<stem>-3``... beside it (created exclusively: never over a file). Returns the path."""
+    base.parent.mkdir(parents=True, exist_ok=True)
+    suffix = 1
+    while True:
+        path = base if suffix == 1 else base.with_name(f"{base.stem}-{suffix}{base.suffix}")
+        try:
+            with path.open("x") as file:
+                file.write(text)
+            return path
+        except FileExistsError:
+            suffix += 1
+
+
+def write_result(out: Path | None, overwrite: bool, default: Path, text: str) -> str:
+    """Write the JSON ``text`` to ``out`` (``--out``) or a free name from ``default``;
+    the line that says where it went (and why not to ``default``, if not there)."""
+    if out is None:
+        path = _write_new(default, text)
+        moved = f" ({default} already exists)" if path != default else ""
+        return f"wrote {path}{moved}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w" if overwrite else "x") as file:  # "x": appeared while timing
+        file.write(text)
+    return f"wrote {out}"
+
+
 def _ms(value: float) -> str:
     return f"{value:.4g}" if value >= 0.01 else f"{value:.2e}"
 
@@ -146,6 +198,7 @@ def _progress(names: list[str], device: torch.device) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    _check_out(args.out, args.overwrite)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     preset = SIZES["quick" if args.quick else device.type]
     sizes = {k: v for k, v in preset.items() if k not in ("reps", "warmup")}
@@ -172,7 +225,6 @@ def run(args: argparse.Namespace) -> int:
             records += cases.optimizer(timer, *sizes["model"])
     finally:
         torch.set_num_threads(threads)
-    out = args.out or Path(f"bench-{device.type}-{now.date().isoformat()}.json")
     print(f"step-sparsity bench on {head['device_name']} ({device.type}), "
           f"{head['date']}, torch {head['torch']}, step {head['step']}")  # fmt: skip
     threads_note = f", {head['threads']} CPU thread(s)" if device.type == "cpu" else ""
@@ -180,7 +232,7 @@ def run(args: argparse.Namespace) -> int:
     print(results_table(records))
     print("ratio = baseline ms / ours ms (> 1: ours took less time); GB/s = minimal bytes / "
           "median time")  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"header": head, "records": records}, indent=2) + "\n")
-    print(f"wrote {out}")
+    text = json.dumps({"header": head, "records": records}, indent=2) + "\n"
+    print(write_result(args.out, args.overwrite, default_out(device.type, args.quick, now.date()),
+                       text))  # fmt: skip
     return 0
