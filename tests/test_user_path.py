@@ -10,6 +10,7 @@ order, so there is no rounding to allow for.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -73,6 +74,18 @@ def test_export_from_the_run_directory_and_load_it_back(trained, tmp_path, capsy
     assert_same_model(loaded, model)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert task.evaluate(loaded) == summary["final"]  # the metric the run reported
+
+
+def test_a_float16_export_loads_as_the_trained_model_cast(trained, tmp_path):
+    """``--dtype float16``: the file holds the weights cast to float16, so the loaded model
+    equals the trained one cast with ``.half()`` (the same float16 ops on the same values)."""
+    run_dir, model, _ = trained
+    out = tmp_path / "half"
+    argv = ["export", str(run_dir), str(out), "--dtype", "float16", "--format", "compressed"]
+    assert main(argv) == 0
+    loaded = load_run(run_dir, export=out)
+    assert {p.dtype for p in loaded.parameters()} == {torch.float16}
+    assert_same_model(loaded, copy.deepcopy(model).half())
 
 
 @pytest.mark.parametrize("part", ["export/dense", "export/compressed", "checkpoint"])

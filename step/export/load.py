@@ -60,8 +60,7 @@ def _build_model(ckpt: Checkpoint) -> nn.Module:
     if cls is None:
         raise ValueError(f"{config_file}: unknown architectures {architectures!r}; pass model=")
     model = cls(transformers.AutoConfig.from_pretrained(ckpt.directory))
-    dtypes = {spec["dtype"] for spec in ckpt.sparse.values()}
-    return model.to(DTYPES[dtypes.pop()]) if len(dtypes) == 1 else model
+    return model.to(ckpt.sparse_dtype) if ckpt.sparse_dtype is not None else model
 
 
 def _check_against_model(ckpt: Checkpoint, model: nn.Module) -> None:

@@ -22,6 +22,7 @@ from .format import (
     DENSE_FORMAT,
     DENSE_SIDECAR,
     DENSE_WEIGHTS,
+    DTYPES,
     META_SUFFIX,
     check_plan_matches,
     check_sparse_entry,
@@ -50,6 +51,13 @@ class Checkpoint:
     plan: dict[str, Any]
     digests: dict[str, str]
     stored: dict[str, tuple[tuple[int, ...], torch.dtype]]  # file tensor -> shape, dtype
+
+    @property
+    def sparse_dtype(self) -> torch.dtype | None:
+        """The dtype of the sparse weights when they all share one (what a model built to
+        load this checkpoint is cast to first), else None."""
+        dtypes = {spec["dtype"] for spec in self.sparse.values()}
+        return DTYPES[dtypes.pop()] if len(dtypes) == 1 else None
 
     def stored_names(self, weight: str) -> dict[str, str]:
         """File tensor names of a sparse weight by role (``values``, ``meta``/``indices``)."""

@@ -24,6 +24,7 @@ from torch import nn
 
 from .. import nn as step_nn
 from ..export import load_sparse
+from ..export.reader import read_checkpoint
 from ..nn.checks import check_path
 from ..ops.dispatch import check_device
 from ..tasks import MissingDataError, Task, make_task
@@ -211,8 +212,9 @@ def load_run(
     if export is None and where.part == "checkpoint":
         return _from_checkpoint(where, dev)
     source = export if export is not None else _export_dir(where)
+    dtype = read_checkpoint(source).sparse_dtype  # the header: checked before any work
     _, model = _build(where.config)
-    return load_sparse(source, model=model, device=dev)
+    return load_sparse(source, model=model.to(dtype) if dtype else model, device=dev)
 
 
 def export_source(path: Path) -> nn.Module | None:
