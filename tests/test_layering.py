@@ -32,7 +32,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("optim", ("step.optim", "step.optim.*")),
     ("export", ("step.export", "step.export.*")),
     ("api", ("step",)),
-    ("tasks", ("step.tasks", "step.tasks.*")),
+    ("tasks", ("step.tasks", "step.tasks.*", "step.integrations", "step.integrations.*")),
     ("train", ("step.train", "step.train.*")),
     ("bench", ("step.bench", "step.bench.*")),
     ("cli", ("step.cli",)),
