@@ -16,9 +16,10 @@ def fused_flags(
     update_v: bool, srste_decay: float, n: int, want_z: bool, masks: list | None
 ) -> tuple[bool, bool, bool]:
     """``(masked, given, want_z)`` of a fused kernel: whether the SR-STE term applies,
-    whether its masks are the caller's (else ranked from ``p``), and whether the
-    AutoSwitch sums are produced (only while v updates)."""
-    given = bool(srste_decay) and masks is not None
+    whether its masks are the caller's (else ranked from ``p``: also when the caller
+    passes its cached masks of ``n``, ``m``, since ranking in registers costs less than
+    reading them), and whether the AutoSwitch sums are produced (only while v updates)."""
+    given = bool(srste_decay) and masks is not None and n == 0
     masked = given or (bool(srste_decay) and n > 0)
     return masked, given, bool(want_z and update_v)
 

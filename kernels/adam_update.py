@@ -7,8 +7,8 @@ Every tensor is cut into chunks of ``BG`` groups of ``M`` elements (flat index
 each program to one chunk of one tensor, and pointer tables (int64 ``data_ptr()``s) let
 one launch reach every tensor. With the SR-STE term, ``M`` is the N:M group size and each
 program computes its groups' masks in registers from the bits of ``p`` (bit-identical to
-``step.nm_mask``), unless masks are given (a bool table read like the other tensors);
-otherwise ``M`` is a fixed small width and groups mean nothing.
+``step.nm_mask``), unless masks alone are given (``n`` 0: a bool table read like the
+other tensors); otherwise ``M`` is a fixed small width and groups mean nothing.
 
 Params/grads are loaded as raw bits and widened to float32 exactly; all arithmetic is
 float32; bf16 is rounded back to nearest-even with integer ops because the Triton
@@ -167,7 +167,7 @@ def adam_update_triton(
     ``params``/``grads``: any shapes, float32/float16/bfloat16 (a grad has its param's
     dtype); ``exp_avgs``/``exp_avg_sqs``: float32 of the params' shapes. With the SR-STE
     term (``srste_decay`` and ``n``) the groups of ``m`` run along the last dim, unless
-    ``masks`` (bool, the params' shapes) give the kept entries. One
+    ``masks`` alone (bool, the params' shapes, ``n`` 0) give the kept entries. One
     launch per param dtype; non-contiguous params/states are updated through copies.
     """
     masked, given, want_z = fused_flags(update_v, srste_decay, n, want_z, masks)

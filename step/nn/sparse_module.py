@@ -137,17 +137,14 @@ def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """``x @ W.T + b`` on the compressed weight of a frozen linear-like layer in eval
     mode, or None where the layer should run its usual forward.
 
-    The compressed weight is used where a kernel reads it directly; where only the
+    The compressed weight is read where a kernel reads it directly; where only the
     reference would (it decodes, then multiplies: slower than dense, same result), the
-    layer multiplies by its pruned dense weight instead. A compiled model always runs the
-    compressed op (the backend choice is not traced).
+    op multiplies by the layer's pruned dense weight instead (passed as ``dense``).
     """
     if not layer._use_compressed():
         return None
-    cw = layer.compressed_weight()
-    if torch.compiler.is_compiling() or cw.runs_sparse(x, layer.bias):
-        return cw.linear(x, layer.bias)
-    return None
+    dense = layer.sparsity.grouped(layer.weight)
+    return layer.compressed_weight().linear(x, layer.bias, dense)
 
 
 def fused_ste_linear(layer, x: torch.Tensor) -> torch.Tensor:

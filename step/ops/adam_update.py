@@ -14,9 +14,11 @@ For every tensor ``p`` with gradient ``g``, first moment ``m`` and second moment
 
 ``v_step`` is ``step`` while v updates and the switch step ``t0`` once it is frozen. The
 mask comes from ``p`` before the update (the same mask as this step's forward pass):
-either given (``masks``, bool of each param's shape: a layer's cached mask, or the mask
-of a weight whose groups do not run along its last dim) or computed with groups along
-the last dim. Returns float32 ``[2]``: ``(sum |v_new - v_old|,
+given (``masks``, bool of each param's shape: the mask of a weight whose groups do not
+run along its last dim), computed with groups along the last dim (``n``, ``m``), or
+both: then ``masks`` must be the masks ``n``, ``m`` give (a layer's cached mask), and
+a backend may use either (the reference uses them; the fused kernels rank in registers,
+cheaper than reading a mask). Returns float32 ``[2]``: ``(sum |v_new - v_old|,
 sum v_new)`` over all elements, the AutoSwitch sample's numerator and normaliser
 (zeros unless ``want_z`` and ``update_v``).
 
@@ -111,7 +113,7 @@ def check_adam_update_args(
         raise ValueError(f"betas ({beta1}, {beta2}) must lie in [0, 1)")
     if step < 1 or v_step < 1 or v_step > step:
         raise ValueError(f"need 1 <= v_step <= step, got step={step}, v_step={v_step}")
-    if masks is not None:
+    if masks is not None:  # given alone, or as the cached masks of n, m (not re-ranked here)
         if len(masks) != count:
             raise ValueError(f"masks has {len(masks)} tensors but params has {count}")
         for i, (p, mask) in enumerate(zip(params, masks, strict=True)):
@@ -121,7 +123,7 @@ def check_adam_update_args(
                     f"{tuple(p.shape)} on {p.device}, got {mask.dtype} {tuple(mask.shape)} "
                     f"on {mask.device}"
                 )
-    elif srste_decay:
+    if srste_decay and (n or masks is None):
         check_nm(n, m)
         for i, p in enumerate(params):
             if p.dim() == 0 or p.shape[-1] % m:
@@ -209,7 +211,8 @@ def adam_update(
         srste_decay, n, m: the SR-STE term ``srste_decay * (1 - mask) * p`` with the N:M
             mask of ``p`` along its last dim (0 = none).
         masks: bool tensors of the params' shapes to use in the SR-STE term instead of
-            computing masks (then ``n``/``m`` are not needed).
+            computing masks (then ``n``/``m`` are not needed); with ``n``/``m`` too, they
+            must be those masks (cached), and a backend may rank instead of reading them.
         want_z: also return ``(sum |v_new - v_old|, sum v_new)`` over all elements.
 
     Returns:

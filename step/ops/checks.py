@@ -71,6 +71,20 @@ def check_groups(t: torch.Tensor, name: str, m: int) -> None:
         )
 
 
+def check_dense_weight(dense: object, rows: int, k: int) -> None:
+    """``dense``, when given, is the compressed weight's dense ``[rows, k]`` (its values
+    are the caller's promise: checking them would cost the decode it saves)."""
+    if dense is None:
+        return
+    check_tensor(dense, "dense", ndim=2)
+    assert isinstance(dense, torch.Tensor)
+    if tuple(dense.shape) != (rows, k):
+        raise ValueError(
+            f"dense has shape {tuple(dense.shape)} but the compressed weight is [{rows}, {k}]; "
+            "pass the weight it was compressed from (or None)"
+        )
+
+
 def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
     """All given tensors (``None`` skipped) are on one device; returns it."""
     present = {k: v for k, v in tensors.items() if v is not None}

@@ -83,10 +83,18 @@ class CompressedWeight:
             return (x, self.values, self.meta, bias)
         return (x, self.values, self.meta, self.n, self.m, bias)
 
-    def linear(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """``x [..., K] @ W.T + bias`` -> ``[..., rows]``."""
+    def linear(
+        self, x: torch.Tensor, bias: torch.Tensor | None = None, dense: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``x [..., K] @ W.T + bias`` -> ``[..., rows]``.
+
+        ``dense``: this weight dense ``[rows, K]`` where the caller keeps it (a frozen
+        layer's pruned weight), multiplied instead of decoding where only the reference
+        would run (the op decides).
+        """
         check = check_sparse24_linear_args if self.layout == CUTLASS_2TO4 else check_nm_linear_args
-        return call_op(getattr(torch.ops.step, self.op), check, *self._op_args(x, bias))
+        args = (*self._op_args(x, bias), dense)
+        return call_op(getattr(torch.ops.step, self.op), check, *args)
 
     @property
     def op(self) -> str:
@@ -96,7 +104,8 @@ class CompressedWeight:
     def runs_sparse(self, x: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
         """Whether :meth:`linear` on ``x`` runs a kernel that reads the compressed weight
         (any backend but ``reference``, whose decode-then-matmul only costs time), or the
-        reference is forced (``STEP_BACKEND``, :func:`step.use_backend`)."""
+        reference is forced (``STEP_BACKEND``, :func:`step.use_backend`). For reports
+        (benchmarks): :meth:`linear` does not ask, its op decides."""
         if forced_backend(self.op) is not None:
             return True
         return choose(self.op, x.device, *self._op_args(x, bias))[0] != "reference"

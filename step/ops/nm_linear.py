@@ -6,6 +6,11 @@ W ``[N, K]`` is stored as :class:`~step.ops.nm_compress.NMCompressed`: ``values`
 Backends: ``reference`` (unpack, decompress, ``F.linear``) everywhere; ``triton``
 (``step.kernels.nm_linear``) reads the compressed weight directly: weight streaming for
 few tokens, tiled beyond.
+
+A caller that also holds W dense (a frozen layer keeps its pruned weight) passes it as
+``dense``: where only the reference would run, it multiplies by ``dense`` instead of
+decoding (same values, a dense matmul's speed; not when the reference is forced), so
+the backend is decided once, here.
 """
 
 from __future__ import annotations
@@ -15,8 +20,14 @@ import torch.nn.functional as F
 
 from ..kernels.nm_positions import position_bits, unpack_positions, words_per_row
 from ..kernels.shapes import as_matrix
-from .checks import call_op, check_same_device, check_same_dtype, check_tensor
-from .dispatch import choose, register
+from .checks import (
+    call_op,
+    check_dense_weight,
+    check_same_device,
+    check_same_dtype,
+    check_tensor,
+)
+from .dispatch import choose, forced_backend, register
 from .nm_compress import NMCompressed, check_compressed_values, nm_decompress_ref
 
 
@@ -52,7 +63,7 @@ def check_packed_positions(positions: object, rows: int, kept: int, m: int) -> N
         )
 
 
-def check_nm_linear_args(x, values, positions, n, m, bias) -> None:
+def check_nm_linear_args(x, values, positions, n, m, bias, dense=None) -> None:
     check_tensor(values, "values", ndim=2)
     n, m = check_compressed_values(values, n, m)
     check_packed_positions(positions, values.shape[0], values.shape[1], m)
@@ -70,8 +81,9 @@ def check_nm_linear_args(x, values, positions, n, m, bias) -> None:
                 f"bias has shape {tuple(bias.shape)} but the weight has {values.shape[0]} "
                 f"output features; bias must be [{values.shape[0]}]"
             )
-    check_same_dtype(x=x, values=values, bias=bias)
-    check_same_device(x=x, values=values, positions=positions, bias=bias)
+    check_dense_weight(dense, values.shape[0], k)
+    check_same_dtype(x=x, values=values, bias=bias, dense=dense)
+    check_same_device(x=x, values=values, positions=positions, bias=bias, dense=dense)
 
 
 register("nm_linear", "reference")(nm_linear_ref)
@@ -92,20 +104,23 @@ def _nm_linear_op(
     n: int,
     m: int,
     bias: torch.Tensor | None,
+    dense: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    check_nm_linear_args(x, values, positions, n, m, bias)
-    _, impl = choose("nm_linear", x.device, x, values, positions, n, m, bias)
+    check_nm_linear_args(x, values, positions, n, m, bias, dense)
+    backend, impl = choose("nm_linear", x.device, x, values, positions, n, m, bias)
+    if backend == "reference" and dense is not None and forced_backend("nm_linear") is None:
+        return F.linear(x, dense, bias)  # the reference's result without its decode
     return impl(x, values.contiguous(), positions.contiguous(), n, m, bias)
 
 
 @_nm_linear_op.register_fake
-def _(x, values, positions, n, m, bias):
-    check_nm_linear_args(x, values, positions, n, m, bias)
+def _(x, values, positions, n, m, bias, dense=None):
+    check_nm_linear_args(x, values, positions, n, m, bias, dense)
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, values, positions, n, m, bias = inputs
+    x, values, positions, n, m, bias, _ = inputs
     ctx.save_for_backward(values, positions)
     ctx.n, ctx.m, ctx.has_bias = n, m, bias is not None
 
@@ -119,7 +134,7 @@ def _backward(ctx, grad_y: torch.Tensor):
         grad_x = grad_y @ nm_unpack_dense(values, positions, ctx.n, ctx.m)
     if ctx.has_bias and ctx.needs_input_grad[5]:
         grad_bias = as_matrix(grad_y).sum(0)
-    return grad_x, None, None, None, None, grad_bias
+    return grad_x, None, None, None, None, grad_bias, None
 
 
 _nm_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -138,5 +153,5 @@ def nm_linear(x: torch.Tensor, c: NMCompressed, bias: torch.Tensor | None = None
     """
     if not isinstance(c, NMCompressed):
         raise TypeError(f"c must be a step.NMCompressed, got {type(c).__name__}")
-    args = (x, c.values, c.positions, c.n, c.m, bias)
+    args = (x, c.values, c.positions, c.n, c.m, bias, None)
     return call_op(torch.ops.step.nm_linear, check_nm_linear_args, *args)

@@ -3,6 +3,8 @@
 Backends: ``reference`` (decode W, then ``F.linear``) everywhere; ``triton`` reads the
 compressed weight directly (decode-style; chosen automatically for at most
 ``TRITON_MAX_TOKENS`` tokens); ``cuda`` is the slot of the ``mma.sp`` tensor-core GEMM.
+As in ``step::nm_linear``, a caller holding W dense passes it as ``dense`` for the
+reference to multiply by instead of decoding (unless the reference is forced).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from ..kernels.shapes import as_matrix
 from .checks import (
     HALF_DTYPES,
     call_op,
+    check_dense_weight,
     check_same_device,
     check_same_dtype,
     check_tensor,
 )
-from .dispatch import choose, register
+from .dispatch import choose, forced_backend, register
 from .sparse24 import check_sparse24_args, from_sparse24_ref
 
 TRITON_MAX_TOKENS = 16
@@ -32,7 +35,9 @@ def sparse24_linear_ref(
     return F.linear(x, from_sparse24_ref(values, meta), bias)
 
 
-def check_sparse24_linear_args(x: object, values: object, meta: object, bias: object) -> None:
+def check_sparse24_linear_args(
+    x: object, values: object, meta: object, bias: object, dense: object = None
+) -> None:
     check_sparse24_args(values, meta)
     check_tensor(x, "x", dtypes=HALF_DTYPES)
     assert isinstance(x, torch.Tensor) and isinstance(values, torch.Tensor)
@@ -50,8 +55,9 @@ def check_sparse24_linear_args(x: object, values: object, meta: object, bias: ob
                 f"bias has shape {tuple(bias.shape)} but the weight has {values.shape[0]} "
                 f"output features; bias must be [{values.shape[0]}]"
             )
-    check_same_dtype(x=x, values=values, bias=bias)  # type: ignore[arg-type]
-    check_same_device(x=x, values=values, bias=bias)  # type: ignore[arg-type]
+    check_dense_weight(dense, values.shape[0], k)
+    check_same_dtype(x=x, values=values, bias=bias, dense=dense)  # type: ignore[arg-type]
+    check_same_device(x=x, values=values, bias=bias, dense=dense)  # type: ignore[arg-type]
 
 
 def _few_tokens(x: torch.Tensor, *_) -> bool:
@@ -70,23 +76,29 @@ def _sparse24_linear_triton(*args):
 
 @torch.library.custom_op("step::sparse24_linear", mutates_args=())
 def _sparse24_linear_op(
-    x: torch.Tensor, values: torch.Tensor, meta: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor,
+    values: torch.Tensor,
+    meta: torch.Tensor,
+    bias: torch.Tensor | None,
+    dense: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    check_sparse24_linear_args(x, values, meta, bias)
+    check_sparse24_linear_args(x, values, meta, bias, dense)
     values, meta = values.contiguous(), meta.contiguous()
     bias = bias.contiguous() if bias is not None else None
-    _, impl = choose("sparse24_linear", x.device, x, values, meta, bias)
+    backend, impl = choose("sparse24_linear", x.device, x, values, meta, bias)
+    if backend == "reference" and dense is not None and forced_backend("sparse24_linear") is None:
+        return F.linear(x, dense, bias)  # the reference's result without its decode
     return impl(x, values, meta, bias)
 
 
 @_sparse24_linear_op.register_fake
-def _(x, values, meta, bias):
-    check_sparse24_linear_args(x, values, meta, bias)
+def _(x, values, meta, bias, dense=None):
+    check_sparse24_linear_args(x, values, meta, bias, dense)
     return x.new_empty((*x.shape[:-1], values.shape[0]))
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, values, meta, bias = inputs
+    x, values, meta, bias, _ = inputs
     ctx.save_for_backward(values, meta)
     ctx.has_bias = bias is not None
 
@@ -99,7 +111,7 @@ def _backward(ctx, grad_y: torch.Tensor):
         grad_x = grad_y @ torch.ops.step.sparse24_decompress(values, meta)
     if ctx.has_bias and ctx.needs_input_grad[3]:
         grad_bias = as_matrix(grad_y).sum(0)
-    return grad_x, None, None, grad_bias
+    return grad_x, None, None, grad_bias, None
 
 
 _sparse24_linear_op.register_autograd(_backward, setup_context=_setup_context)
@@ -124,5 +136,5 @@ def sparse24_linear(
         compressed weight.
     """
     return call_op(
-        torch.ops.step.sparse24_linear, check_sparse24_linear_args, x, values, meta, bias
+        torch.ops.step.sparse24_linear, check_sparse24_linear_args, x, values, meta, bias, None
     )

@@ -17,7 +17,6 @@ import torch
 
 from ..nn.sparsity import attach_sparsity, sparsity_of
 from ..ops.adam_update import adam_update
-from ..ops.dispatch import choose
 from .checks import check_group_nm, check_hyperparameters, check_int, describe
 
 RECIPE_KEY = "recipe"
@@ -205,15 +204,11 @@ class NMAdamW(torch.optim.Optimizer):
         """Fused AdamW step of ``params``; with ``want_z`` returns ``[sum|dv|, sum v, count]``.
 
         Tensors are bucketed by what one fused call must share (step counts, N:M). The
-        SR-STE term's mask is computed inside the fused kernel for weights grouped along
-        their last dim; the layer's cached mask (the one its forward pass used) is passed
-        instead where the groups run along another dim or the reference runs anyway.
+        SR-STE term's mask is the layer's (the one its forward pass used): for weights
+        grouped along their last dim the fused kernels rank it again in registers, and the
+        cached masks go along for the reference to use instead of ranking; where the
+        groups run along another dim the masks are passed alone.
         """
-        # which masks to pass depends on the backend that will run: asked only when they
-        # are needed (choose reads cached state)
-        reference = bool(srste_decay) and (
-            choose("adam_update", _local(params[0]).device, params)[0] == "reference"
-        )
         buckets: dict[tuple, list[int]] = defaultdict(list)
         for i, p in enumerate(params):
             state = self.state[p]
@@ -228,7 +223,7 @@ class NMAdamW(torch.optim.Optimizer):
             if srste_decay:
                 s = sparsity_of(p)
                 last = s.axis in (-1, p.dim() - 1)
-                nm = (s.n, s.m) if last and not reference else (-1, -1)  # -1: given masks
+                nm = (s.n, s.m) if last else (-1, -1)  # -1: the masks alone
             buckets[(state["step"], v_step, nm)].append(i)
         beta1, beta2 = group["betas"]
         total = None
@@ -238,6 +233,9 @@ class NMAdamW(torch.optim.Optimizer):
             if n == -1:
                 masks = [sparsity_of(p).current_mask(_local(p)) for p in ps]
                 n = m = 0
+            elif n:
+                cached = [sparsity_of(p).cached_mask(_local(p)) for p in ps]
+                masks = None if any(c is None for c in cached) else cached
             result = adam_update(
                 [_local(p) for p in ps],
                 [_local(grads[i] if grads is not None else params[i].grad) for i in idx],
