@@ -122,6 +122,45 @@ def test_a_compressed_weight_validates_once(counts):
         assert checks == Counter({cw.op: 1}), checks
 
 
+def test_a_frozen_layer_decides_once_per_forward(counts, monkeypatch):
+    """The frozen eval forward asks nothing itself: its op decides, and where that is the
+    reference it multiplies by the layer's pruned weight (bit-equal to the dense layer)."""
+    checks, chosen = counts
+    # the layer module binds nothing from dispatch: a choose() there would be a second one
+    assert not hasattr(importlib.import_module("step.nn.sparse_module"), "choose")
+    for dtype, op in ((torch.float32, "nm_linear"), (torch.float16, "sparse24_linear")):
+        layer = step.freeze(SparseLinear(64, 32).to(dtype)).eval()
+        x = torch.randn(3, 64, dtype=dtype)
+        checks.clear()
+        chosen.clear()
+        y = layer(x)
+        assert chosen == Counter({op: 1}) and checks == Counter({op: 1}), (chosen, checks)
+        want = torch.nn.functional.linear(x, layer.weight, layer.bias)
+        assert torch.equal(y, want)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_the_optimizer_decides_once_per_fused_call(counts, backend):
+    """The SR-STE phase passes the layers' cached masks with n, m; the op decides which to
+    use (no backend question in the optimizer), and both backends give one result."""
+    _, chosen = counts
+    assert not hasattr(importlib.import_module("step.optim.nm_adamw"), "choose")
+    results = []
+    for forced in (backend, "reference"):
+        torch.manual_seed(0)
+        layer = SparseLinear(64, 32)
+        opt = step.optim.SRSTE(layer.parameters(), lr=1e-2)
+        with step.use_backend(f"adam_update={forced}"):
+            for _ in range(3):
+                layer(torch.randn(4, 64)).square().sum().backward()
+                chosen.clear()
+                opt.step()
+                opt.zero_grad()
+                assert chosen["adam_update"] == 2, chosen  # weight (SR-STE) and bias
+        results.append(layer.weight.detach().clone())
+    torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-7)
+
+
 def test_the_backend_decision_is_cached_per_configuration(monkeypatch):
     """A second call under the same configuration finds the parsed ``STEP_BACKEND`` and
     each backend's availability cached: no status text is built."""
