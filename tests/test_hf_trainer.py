@@ -142,6 +142,20 @@ def test_the_switch_forces_a_log(tmp_path):
     assert opt.switch_step == 2 and steps == [2, 5]  # total_steps=5: t_max=round(2.5)=2
 
 
+def test_the_switch_is_logged_once():
+    """A step the GradScaler skips leaves opt.t at the switch step: no second forced log."""
+    opt = step.optim.STEP(model_of("gpt2").parameters(), autoswitch=1)
+    opt.state["recipe"].update(t=1)
+    opt.switch_now()
+    callback, state = STEPCallback(), transformers.TrainerState()
+    forced = []
+    for _ in range(2):
+        control = transformers.TrainerControl()
+        callback.on_step_end(None, state, control, optimizer=opt)
+        forced.append(control.should_log)
+    assert forced == [True, False]
+
+
 @pytest.mark.skipif(not RESUMES, reason="transformers < 4.47 cannot resume under torch >= 2.6")
 @pytest.mark.parametrize("checkpoint,phase", [(SAVE_EVERY, "precondition"),
                                               (2 * SAVE_EVERY, "mask_learning")])  # fmt: skip

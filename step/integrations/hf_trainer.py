@@ -110,11 +110,16 @@ class STEPCallback(TrainerCallback):
                 stacklevel=2,
             )
 
+    def __init__(self) -> None:
+        self._announced: int | None = None  # the switch step already logged
+
     def on_step_end(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
     ) -> TrainerControl:
         opt = find_step(kwargs.get("optimizer"))
-        if opt.switch_step is not None and opt.switch_step == opt.t:  # it just switched
+        just_switched = opt.switch_step is not None and opt.switch_step == opt.t
+        if just_switched and self._announced != opt.switch_step:  # once: a step skipped by
+            self._announced = opt.switch_step  # the GradScaler leaves opt.t where it was
             logger.info(f"STEP: v frozen at the end of step {opt.t}; masks learned from now on")
             control.should_log = True
         return control
