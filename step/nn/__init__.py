@@ -1,6 +1,7 @@
 """Sparse layers, whole-model conversion, freezing for inference."""
 
 from .convert import DEFAULT_DENSE, convert, sparsify
+from .flip_rate import FlipRate, FlipReading
 from .freeze import freeze
 from .plan import sparsity_plan
 from .restore import restore_sparsity
@@ -13,6 +14,8 @@ from .summary import SparsitySummary, summarize
 
 __all__ = [
     "DEFAULT_DENSE",
+    "FlipRate",
+    "FlipReading",
     "NMSparsity",
     "SparseConv1D",
     "SparseConv2d",

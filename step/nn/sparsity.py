@@ -38,6 +38,11 @@ class NMSparsity:
     mask: torch.Tensor | None = None  # the fixed mask in mode "fixed", the weight's shape
     axis: int = -1
     _cache: tuple | None = field(default=None, repr=False, compare=False)
+    # the flip-rate counters (:meth:`flip_counts`): the last mask a forward pass computed,
+    # and running totals of entries changed (a 0-d tensor: no sync per step) and compared
+    last_mask: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _flipped: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    _compared: int = field(default=0, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         check_nm(self.n, self.m)
@@ -97,12 +102,44 @@ class NMSparsity:
         return self._cache[1]
 
     def remember_mask(self, w: torch.Tensor, mask: torch.Tensor) -> None:
-        """Cache ``mask`` (computed elsewhere, e.g. by a fused kernel) as ``w``'s mask."""
+        """Cache ``mask`` (computed elsewhere, e.g. by a fused kernel) as ``w``'s mask,
+        and count the entries where it differs from the previous mask computed (the flip
+        rate of Hu et al., ICML 2024: one comparison of two bool masks, no ranking)."""
+        self._count_flips(mask)
         key = self._cache_key(w)
         if key is not None:
             # The detached alias keeps the storage alive, so its address cannot be reused
             # by a new weight while this entry exists.
             self._cache = (key, mask, w.detach())
+
+    def _count_flips(self, mask: torch.Tensor) -> None:
+        last = self.last_mask
+        self.last_mask = mask  # a bool mask: no autograd history to drop
+        if torch.compiler.is_compiling() or last is None or last.shape != mask.shape:
+            return
+        if last.device != mask.device:
+            last = last.to(mask.device)
+        flipped = (mask != last).sum()
+        self._flipped = flipped if self._flipped is None else self._flipped + flipped
+        self._compared += mask.numel()
+
+    def restore_last_mask(self, w: torch.Tensor, mask: torch.Tensor, current: bool) -> None:
+        """Set the last mask after a resume, without counting it: ``current`` says it is
+        ``w``'s own mask (it was cached when saved), so it is cached again and the next
+        forward pass does not recompute it (an uninterrupted run would not either)."""
+        self.last_mask = mask
+        if current:
+            key = self._cache_key(w)
+            if key is not None:
+                self._cache = (key, mask, w.detach())
+
+    def flip_counts(self) -> tuple[torch.Tensor | None, int]:
+        """Running totals ``(flipped, compared)``: the mask entries that changed between
+        consecutive masks the forward passes computed (int64 0-d tensor on the weight's
+        device; None until two masks were compared) and the entries compared. Readers
+        (:class:`step.nn.FlipRate`) difference two readings: the flip rate over an
+        interval is ``d flipped / d compared``."""
+        return self._flipped, self._compared
 
     def forget_mask(self) -> None:
         """Drop the cached mask. The optimizer calls this after updating the weight: the

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 
 import torch
 
+from ..nn.flip_rate import FlipRate
 from ..nn.sparsity import attach_sparsity, sparsity_of
 from ..ops.adam_update import adam_update
 from .checks import check_group_nm, check_hyperparameters, check_int, describe
@@ -117,6 +118,7 @@ class NMAdamW(torch.optim.Optimizer):
         for p, (n, m) in self._plan_sparse():  # every group checked before any change
             attach_sparsity(p, n, m)
         self.state[RECIPE_KEY] = {"name": self.RECIPE, "t": 0}
+        self._flips = FlipRate(self.sparse_params())
 
     # ------------------------------------------------------------ sparse parameters
 
@@ -137,6 +139,16 @@ class NMAdamW(torch.optim.Optimizer):
     def sparse_params(self) -> list[torch.Tensor]:
         """All sparse parameters, in param-group order."""
         return [p for g in self.param_groups for p in g["params"] if sparsity_of(p) is not None]
+
+    def flip_rate(self) -> float | None:
+        """The mask flip rate of this optimizer's sparse weights since the previous call
+        (or construction): the fraction of mask entries that changed per mask update,
+        over all of them (:class:`step.nn.FlipRate`; per layer: ``FlipRate(model)``).
+        None where no two masks were compared (a dense phase, fixed masks). One host
+        sync per sparse weight: call it at logging intervals."""
+        if getattr(self, "_flips", None) is None:  # unpickled: Optimizer keeps no extras
+            self._flips = FlipRate(self.sparse_params())
+        return self._flips.read().overall
 
     def _set_modes(self, mode: str) -> None:
         for p in self.sparse_params():

@@ -50,15 +50,37 @@ def make_schedule(cfg: TrainConfig, opt) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _state(model, opt, sched, t: int) -> dict[str, Any]:
+def _last_masks(model) -> dict[str, Any]:
+    """Each sparse weight's last computed mask (the flip rate's next comparison), and
+    whether it is the current weight's (cached): a resumed run must not count it again."""
+    masks, current = {}, []
+    for name, p in model.named_parameters():
+        state = step_nn.sparsity_of(p)
+        if state is not None and state.last_mask is not None:
+            masks[name] = state.last_mask
+            if state.cached_mask(p) is state.last_mask:
+                current.append(name)
+    return {"masks": masks, "current": current}
+
+
+def _set_last_masks(model, saved: dict[str, Any]) -> None:
+    masks, current = saved.get("masks", {}), set(saved.get("current", ()))
+    for name, p in model.named_parameters():
+        state = step_nn.sparsity_of(p)
+        if state is not None and name in masks:
+            state.restore_last_mask(p, masks[name].to(p.device), name in current)
+
+
+def _state(model, opt, sched, flips, t: int) -> dict[str, Any]:
     state = {"step": t, "model": model.state_dict(), "optimizer": opt.state_dict(),
-             "schedule": sched.state_dict(), "rng": torch.get_rng_state()}  # fmt: skip
+             "schedule": sched.state_dict(), "rng": torch.get_rng_state(),
+             "last_masks": _last_masks(model), "flips": flips.state_dict()}  # fmt: skip
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore(state: dict[str, Any], model, opt, sched, where: Path) -> int:
+def _restore(state: dict[str, Any], model, opt, sched, flips, where: Path) -> int:
     """Load a checkpoint's ``state`` into the run's fresh objects; the step it was taken
     at. A state that does not fit the run's configuration (an edited ``config.json``, a
     copied checkpoint) is a :class:`~.checkpoint.CheckpointError` naming both."""
@@ -71,6 +93,8 @@ def _restore(state: dict[str, Any], model, opt, sched, where: Path) -> int:
             "with the configuration it was saved with, or start a new run"
         ) from None
     sched.load_state_dict(state["schedule"])
+    _set_last_masks(model, state.get("last_masks", {}))  # absent: saved before flip rates
+    flips.load_state_dict(state.get("flips", {}))
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -81,6 +105,22 @@ def _last_sample(opt):
     """The AutoSwitch record of this step, if the recipe has one."""
     autoswitch = getattr(opt, "autoswitch", None)
     return autoswitch.history[-1] if autoswitch is not None and autoswitch.history else None
+
+
+PHASE_NEWS = {
+    ("precondition", "mask_learning"): "AutoSwitch: step {t}: v frozen, masks learned from now on",
+    ("dense", "pruned"): "ASP: step {t}: weights pruned to their N:M magnitude masks, fixed "
+    "from now on",
+}
+"""What the run says when the recipe's phase changes (``opt.phase`` before -> after)."""
+
+
+def _phase(opt, recipe: str) -> str:
+    return getattr(opt, "phase", "dense" if recipe == "dense" else "masked")
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.2f}%"
 
 
 def _truncate_metrics(path: Path, after: int) -> None:
@@ -100,7 +140,7 @@ def _append_line(log: TextIO, line: str) -> None:
     log.write(line)
 
 
-def _begin(cfg: TrainConfig, run_dir: Path, resume: bool, model, opt, sched) -> int:
+def _begin(cfg: TrainConfig, run_dir: Path, resume: bool, model, opt, sched, flips) -> int:
     """Set up ``run_dir`` for a new run, or restore its last committed checkpoint; the
     step training continues after. A run stopped before its first checkpoint resumes
     from step 0, saying so in one line."""
@@ -112,7 +152,7 @@ def _begin(cfg: TrainConfig, run_dir: Path, resume: bool, model, opt, sched) -> 
     start = 0
     if checkpoint.exists(run_dir / "checkpoint"):
         where = run_dir / "checkpoint"
-        start = _restore(checkpoint.load(where), model, opt, sched, where)
+        start = _restore(checkpoint.load(where), model, opt, sched, flips, where)
     else:
         print(f"{run_dir}: no committed checkpoint (the run stopped before its first one): "
               "starting it again from step 0")  # fmt: skip
@@ -132,7 +172,8 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
     opt = make_optimizer(cfg, model)
     sched = make_schedule(cfg, opt)
     metrics = run_dir / "metrics.jsonl"
-    start = _begin(cfg, run_dir, resume, model, opt, sched)
+    flips = step_nn.FlipRate(model)
+    start = _begin(cfg, run_dir, resume, model, opt, sched, flips)
     began = time.perf_counter()
     bar = tqdm(range(start + 1, cfg.steps + 1), initial=start, total=cfg.steps,
                desc=f"{cfg.task} {cfg.recipe} {cfg.nm}", disable=quiet, unit="step")  # fmt: skip
@@ -141,7 +182,7 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
         tick, items = time.perf_counter(), 0
         for t in bar:
             model.train()
-            phase_before = getattr(opt, "phase", None)
+            phase_before = _phase(opt, cfg.recipe)
             loss = task.loss(model, task.train_batch(t))
             loss.backward()
             if cfg.clip:
@@ -150,18 +191,22 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
             sched.step()
             opt.zero_grad(set_to_none=True)
             items += task.items_per_batch()
-            phase = getattr(opt, "phase", "dense" if cfg.recipe == "dense" else "masked")
-            if phase_before == "precondition" and phase == "mask_learning":
-                say(f"AutoSwitch: step {t}: v frozen, masks learned from now on")
+            phase = _phase(opt, cfg.recipe)
+            if (phase_before, phase) in PHASE_NEWS:
+                say(PHASE_NEWS[phase_before, phase].format(t=t))
             if t % cfg.log_every == 0 or t == cfg.steps:
                 rate = items / (time.perf_counter() - tick)
                 record = _last_sample(opt) if phase == "precondition" else None
+                flipped = flips.read()
                 row = {"step": t, "loss": loss.item(), "lr": sched.get_last_lr()[0],
                        "phase": phase, f"{task.items}_per_s": rate,
-                       "statistic": record.statistic if record else None}  # fmt: skip
+                       "statistic": record.statistic if record else None,
+                       "flip_rate": flipped.overall,
+                       "flip_rate_layers": flipped.layers}  # fmt: skip
                 _append_line(log, json.dumps(row) + "\n")
                 bar.set_postfix(loss=f"{row['loss']:.3f}", phase=phase,
                                 stat=f"{row['statistic']:.3f}" if row["statistic"] else "-",
+                                flips=_percent(flipped.overall),
                                 **{f"{task.items}/s": f"{rate:,.0f}"})  # fmt: skip
                 tick, items = time.perf_counter(), 0
             if t % cfg.eval_every == 0 or t == cfg.steps:
@@ -172,6 +217,6 @@ def train(cfg: TrainConfig, run_dir: Path, resume: bool = False, quiet: bool = F
                 os.fsync(log.fileno())  # the rows are durable before the checkpoint commits
                 shown = ", ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "step")
                 say(f"step {t}: {shown}")
-                checkpoint.save(_state(model, opt, sched, t), run_dir / "checkpoint")
+                checkpoint.save(_state(model, opt, sched, flips, t), run_dir / "checkpoint")
     bar.close()
     return finish_run(cfg, run_dir, task, model, opt, time.perf_counter() - began)

@@ -1,0 +1,84 @@
+"""The mask flip rate: the fraction of N:M mask entries that change from one mask update
+to the next (Hu et al., "Accelerating Transformer Pre-training with 2:4 Sparsity", ICML
+2024), per layer and overall.
+
+Each :class:`~step.nn.NMSparsity` counts flips when its forward pass computes a new
+mask (one comparison with the previous mask; no ranking pass of its own). A
+:class:`FlipRate` reads those running totals and reports the mean rate over the mask
+updates since its previous reading, so several readers (a progress bar, a log, the
+optimizer's :meth:`~step.optim.NMAdamW.flip_rate`) never disturb one another.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .sparsity import NMSparsity, sparsity_of
+
+
+@dataclass(frozen=True)
+class FlipReading:
+    """One reading: ``overall`` (all layers' flipped entries over all compared entries)
+    and ``layers`` (name -> rate), each None where no two masks were compared since the
+    previous reading (dense phase, a fixed mask, the first step)."""
+
+    overall: float | None
+    layers: dict[str, float | None]
+
+
+class FlipRate:
+    """Reads the flip rate of the sparse weights of ``source``: a model (rates named by
+    layer) or an iterable of parameters (named by their index)."""
+
+    def __init__(self, source: nn.Module | Iterable[torch.Tensor]) -> None:
+        if isinstance(source, nn.Module):
+            named = [(name.removesuffix(".weight"), p) for name, p in source.named_parameters()]
+        else:
+            named = [(str(i), p) for i, p in enumerate(source)]
+        self._states: list[tuple[str, NMSparsity]] = [
+            (name, state) for name, p in named if (state := sparsity_of(p)) is not None
+        ]
+        self._seen = {name: self._counts(state) for name, state in self._states}
+
+    @staticmethod
+    def _counts(state: NMSparsity) -> tuple[int, int]:
+        flipped, compared = state.flip_counts()
+        return (0 if flipped is None else int(flipped.item())), compared
+
+    def read(self) -> FlipReading:
+        """The rates since the previous :meth:`read` (or construction). One host sync
+        per sparse weight: read it at logging intervals, not every step."""
+        layers: dict[str, float | None] = {}
+        total_flipped = total_compared = 0
+        for name, state in self._states:
+            flipped, compared = self._counts(state)
+            before_flipped, before_compared = self._seen[name]
+            self._seen[name] = (flipped, compared)
+            d_flipped, d_compared = flipped - before_flipped, compared - before_compared
+            layers[name] = d_flipped / d_compared if d_compared else None
+            total_flipped += d_flipped
+            total_compared += d_compared
+        overall = total_flipped / total_compared if total_compared else None
+        return FlipReading(overall, layers)
+
+    def state_dict(self) -> dict[str, list[int]]:
+        """The counts not yet read, per layer: a resumed run's next reading covers the
+        same mask updates as an uninterrupted run's (the layers' last masks are saved
+        with the model's state by the caller: ``NMSparsity.last_mask``)."""
+        pending = {}
+        for name, state in self._states:
+            flipped, compared = self._counts(state)
+            seen_flipped, seen_compared = self._seen[name]
+            pending[name] = [flipped - seen_flipped, compared - seen_compared]
+        return pending
+
+    def load_state_dict(self, state: dict[str, list[int]]) -> None:
+        """Count the pending updates of :meth:`state_dict` into the next reading."""
+        for name, sparsity in self._states:
+            flipped, compared = self._counts(sparsity)
+            pending_flipped, pending_compared = state.get(name, (0, 0))
+            self._seen[name] = (flipped - pending_flipped, compared - pending_compared)
