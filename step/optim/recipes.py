@@ -297,6 +297,11 @@ class ASP(NMAdamW):
     def pruned(self) -> bool:
         return self.t >= self.state["recipe"]["prune_at"]
 
+    @property
+    def phase(self) -> str:
+        """``"dense"`` until the prune step's end, then ``"pruned"`` (the mask fixed)."""
+        return "pruned" if self.pruned else "dense"
+
     def _update_sparse(self, group, params, t):
         if t <= self.state["recipe"]["prune_at"]:  # dense, the prune step included
             self._adam(group, params)
