@@ -15,16 +15,13 @@ import warnings
 
 import pytest
 import torch
+import transformers
+from packaging.version import Version
+from test_hf_models import VOCAB, bert, gpt2
 
-pytest.importorskip("accelerate", reason="transformers.Trainer needs accelerate")
-
-import transformers  # noqa: E402
-from packaging.version import Version  # noqa: E402
-from test_hf_models import VOCAB, bert, gpt2  # noqa: E402
-
-import step  # noqa: E402
-from step.export.command import load_source  # noqa: E402
-from step.integrations.hf_trainer import (  # noqa: E402
+import step
+from step.export.command import load_source
+from step.integrations.hf_trainer import (
     STEPCallback,
     find_step,
     step_trainer_optimizer,
