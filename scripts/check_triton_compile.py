@@ -97,6 +97,7 @@ def cases() -> list[Case]:
     from step.kernels.nm_linear import nm_linear_triton
     from step.kernels.nm_mask import nm_mask_triton
     from step.kernels.nm_positions import pack_positions, words_per_row
+    from step.kernels.nm_soft_threshold import nm_soft_threshold_triton
     from step.kernels.sparse24_linear import sparse24_linear_triton
     from step.kernels.sparse24_pack import from_sparse24_triton, to_sparse24_triton
 
@@ -128,6 +129,8 @@ def cases() -> list[Case]:
     for name, dt in dtypes.items():
         for n, m in ALL_NM if name == "fp16" else SOME_NM:
             add(f"nm_mask {name} {n}:{m}", nm_mask_triton, w(64, 256, dt), n, m)
+            add(f"nm_soft_threshold {name} {n}:{m}", nm_soft_threshold_triton,
+                w(64, 256, dt), n, m)  # fmt: skip
             add(f"nm_compress {name} {n}:{m}", nm_compress_triton, w(64, 256, dt), n, m)
             vals, idx = nm_compress_ref(w(64, 256, dt), n, m)
             add(f"nm_decompress {name} {n}:{m}", nm_decompress_triton, vals, idx, n, m)

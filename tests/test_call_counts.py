@@ -16,10 +16,11 @@ from step.nn import SparseLinear
 from step.ops import adam_update, compressed_weight, dispatch
 
 # the modules (the package step.ops binds most of these names to the functions)
-nm_mask, nm_compress, sparse24, sparse24_linear, nm_linear, masked_linear, adam_update_op = (
+(nm_mask, nm_compress, sparse24, sparse24_linear, nm_linear, masked_linear, adam_update_op,
+ nm_soft_threshold) = (
     importlib.import_module(f"step.ops.{name}")
     for name in ("nm_mask", "nm_compress", "sparse24", "sparse24_linear", "nm_linear",
-                 "masked_linear", "adam_update")
+                 "masked_linear", "adam_update", "nm_soft_threshold")
 )  # fmt: skip
 
 CHECKS = [  # (module whose op body calls it, name, op)
@@ -32,9 +33,10 @@ CHECKS = [  # (module whose op body calls it, name, op)
     (nm_linear, "check_nm_linear_args", "nm_linear"),
     (masked_linear, "check_masked_linear_args", "masked_linear"),
     (adam_update_op, "check_adam_update_args", "adam_update"),
+    (nm_soft_threshold, "check_nm_mask_args", "nm_soft_threshold"),
 ]
 CHOOSERS = [nm_mask, nm_compress, sparse24, sparse24_linear, nm_linear, masked_linear,
-            adam_update_op]  # fmt: skip
+            adam_update_op, nm_soft_threshold]  # fmt: skip
 
 
 @pytest.fixture
@@ -80,6 +82,7 @@ def test_each_public_op_validates_and_decides_once(counts):
         "sparse24_linear": lambda: step.sparse24_linear(xh, values, meta),
         "nm_linear": lambda: step.nm_linear(x, c),
         "masked_linear": lambda: step.masked_linear(x, w, 2, 4),
+        "nm_soft_threshold": lambda: step.ops.nm_soft_threshold(w, 2, 4),
         "adam_update": lambda: adam_update(
             [w.clone()],
             [torch.randn(32, 64)],

@@ -21,6 +21,7 @@ def samples():
     return {
         "adam_update": adam,
         "nm_mask": (torch.randn(4, 16), 2, 4),
+        "nm_soft_threshold": (torch.randn(2, 4, 16, dtype=torch.float16), 2, 8),
         "nm_compress": (torch.randn(2, 3, 16, dtype=torch.bfloat16), 1, 8),
         "nm_decompress": (c.values, c.indices, 2, 6),
         "sparse24_compress": (w,),

@@ -17,6 +17,7 @@ from .nm_compress import (
 )
 from .nm_linear import nm_linear, nm_linear_ref
 from .nm_mask import nm_mask, nm_mask_ref
+from .nm_soft_threshold import nm_soft_threshold, nm_soft_threshold_ref
 from .sparse24 import (
     cutlass_meta_offsets_ref,
     from_sparse24,
@@ -51,6 +52,8 @@ __all__ = [
     "nm_linear_ref",
     "nm_mask",
     "nm_mask_ref",
+    "nm_soft_threshold",
+    "nm_soft_threshold_ref",
     "pack_positions",
     "position_bits",
     "unpack_positions",

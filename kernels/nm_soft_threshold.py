@@ -1,0 +1,84 @@
+"""S-STE's soft threshold: in every group of m along the last dim, the n largest |w| shrunk
+by the largest pruned magnitude, the rest +0.0; and the N:M mask.
+
+Reference: ``step.ops.nm_soft_threshold.nm_soft_threshold_ref``. The mask is ranked like
+``nm_mask``'s (``nm_select.py``, on the bit patterns: bit-identical); the threshold is the
+largest pruned key, read back as a float; the one subtraction runs in float32 on exactly
+widened values and is rounded back to nearest even with integer operations (the Triton
+interpreter truncates on ``.to(tl.bfloat16)``), then the sign bit of ``w`` is copied.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from .float_bits import bits_view, magnitude_constants
+from .nm_select import group_block, keep_top_n, magnitude_key
+
+_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+
+
+@triton.jit
+def _to_float32(bits, KIND: tl.constexpr):
+    """Raw bits (int32 for fp32, int16 for fp16/bf16) -> float32, exactly."""
+    if KIND == 0:
+        return bits.to(tl.float32, bitcast=True)
+    elif KIND == 1:
+        return bits.to(tl.float16, bitcast=True).to(tl.float32)
+    else:
+        return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _from_float32(x, KIND: tl.constexpr):
+    """float32 ``x >= 0`` (or NaN) -> raw bits of the dtype, rounded to nearest even."""
+    if KIND == 0:
+        return x.to(tl.int32, bitcast=True)
+    elif KIND == 1:
+        return x.to(tl.float16).to(tl.int16, bitcast=True)
+    else:
+        u = x.to(tl.uint32, bitcast=True)
+        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
+        return tl.where(x != x, 0x7FC0, rounded.to(tl.int32)).to(tl.int16)
+
+
+@triton.jit
+def _nm_soft_threshold_kernel(
+    w_bits, soft_out, mask_out, n_groups,
+    N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr,
+    ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr, KIND: tl.constexpr,
+):  # fmt: skip
+    groups = tl.program_id(0).to(tl.int64) * BG + tl.arange(0, BG)
+    lane = tl.arange(0, MP)
+    offs = groups[:, None] * M + lane[None, :]
+    valid = (groups[:, None] < n_groups) & (lane[None, :] < M)
+    bits = tl.load(w_bits + offs, mask=valid, other=0)
+    key = magnitude_key(bits, valid, ABS_MASK, INF_BITS)
+    kept = keep_top_n(key, N, MP)
+    # the threshold: the largest key of the pruned (padding lanes have key -1)
+    t_key = tl.max(tl.where(kept, -1, key), axis=1)
+    t = _to_float32(t_key.to(bits.dtype), KIND)
+    magnitude = (bits & ABS_MASK).to(bits.dtype)
+    shrunk = _from_float32(_to_float32(magnitude, KIND) - t[:, None], KIND)
+    sign = bits ^ magnitude
+    signed = ((shrunk & ABS_MASK).to(bits.dtype) | sign).to(bits.dtype)
+    out = tl.where(kept, signed, tl.zeros_like(signed))
+    tl.store(soft_out + offs, out, mask=valid)
+    tl.store(mask_out + offs, kept.to(tl.int8), mask=valid)
+
+
+def nm_soft_threshold_triton(w: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``w`` contiguous [..., K] fp32/fp16/bf16, K % m == 0 -> ``(soft, mask)``: soft of
+    ``w``'s dtype, mask bool, both of ``w``'s shape."""
+    soft = torch.empty_like(w, memory_format=torch.contiguous_format)
+    mask = torch.empty(w.shape, dtype=torch.int8, device=w.device)
+    n_groups = w.numel() // m
+    if n_groups:
+        mp = triton.next_power_of_2(m)
+        bg = group_block(mp)
+        abs_mask, inf_bits = magnitude_constants(w.dtype)
+        _nm_soft_threshold_kernel[(triton.cdiv(n_groups, bg),)](
+            bits_view(w), bits_view(soft), mask, n_groups,
+            N=n, M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits, KIND=_KIND[w.dtype],
+        )  # fmt: skip
+    return soft, mask.view(torch.bool)
