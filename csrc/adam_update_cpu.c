@@ -29,8 +29,8 @@ enum { BLOCK = 1024 };
 
 /* Mirrored by step/ops/adam_update_cpu.py:_Args (same order, same types). */
 typedef struct {
-    float lerp_w, beta2, one_minus_b2, decay, step_size, sqrt_bc2, eps, srste;
-    int32_t n, m, kind, masked, given, update_v, want_z;
+    float lerp_w, beta2, one_minus_b2, decay, step_size, sqrt_bc2, sqrt_bc2_live, eps, srste;
+    int32_t n, m, kind, masked, given, update_v, want_z, guard;
 } adam_args;
 
 static uint32_t f16_to_f32(uint32_t h) {
@@ -141,8 +141,8 @@ static inline __attribute__((always_inline)) void mask_block(const uint32_t* raw
 }
 
 VECTOR_CLONES static void update_chunk(const adam_args* a, void* p_ptr, const void* g_ptr, float* m,
-                         float* v, const uint8_t* given, int64_t begin, int64_t end,
-                         float* partial) {
+                         float* v, const uint8_t* given, float floor, int64_t begin,
+                         int64_t end, float* partial) {
     uint32_t raw[BLOCK], wide[BLOCK];
     float p[BLOCK], g[BLOCK];
     uint8_t kept[BLOCK];
@@ -185,9 +185,19 @@ VECTOR_CLONES static void update_chunk(const adam_args* a, void* p_ptr, const vo
         } else if (a->update_v) {
             for (int i = 0; i < len; i++) vb[i] = vb[i] * beta2 + omb2 * g[i] * g[i];
         }
-        for (int i = 0; i < len; i++) {
-            float denom = sqrtf(vb[i]) / sqrt_bc2 + eps;
-            p[i] = p[i] * decay + step_size * mb[i] / denom;
+        if (a->guard) { /* a frozen v below the tensor's floor keeps estimating */
+            const float live_bc2 = a->sqrt_bc2_live;
+            for (int i = 0; i < len; i++) {
+                const int live = vb[i] < floor;
+                if (live) vb[i] = vb[i] * beta2 + omb2 * g[i] * g[i];
+                float denom = sqrtf(vb[i]) / (live ? live_bc2 : sqrt_bc2) + eps;
+                p[i] = p[i] * decay + step_size * mb[i] / denom;
+            }
+        } else {
+            for (int i = 0; i < len; i++) {
+                float denom = sqrtf(vb[i]) / sqrt_bc2 + eps;
+                p[i] = p[i] * decay + step_size * mb[i] / denom;
+            }
         }
         store_params(p, len, a->kind, wide, p_ptr, off);
     }
@@ -196,14 +206,16 @@ VECTOR_CLONES static void update_chunk(const adam_args* a, void* p_ptr, const vo
 }
 
 /* Chunks [c0, c1) of the table `chunks` (int64 [C, 3]: tensor, begin, end). Tensor
- * tables hold one address per tensor; `given` is only read when a->given. */
+ * tables hold one address per tensor; `given` is only read when a->given, `floors` (one
+ * float per tensor: the guard's) only when a->guard. */
 void step_adam_update(const adam_args* a, void* const* params, const void* const* grads,
                       float* const* exp_avgs, float* const* exp_avg_sqs,
-                      const uint8_t* const* given, const int64_t* chunks, int64_t c0,
-                      int64_t c1, float* partials) {
+                      const uint8_t* const* given, const float* floors, const int64_t* chunks,
+                      int64_t c0, int64_t c1, float* partials) {
     for (int64_t c = c0; c < c1; c++) {
         const int64_t t = chunks[3 * c], begin = chunks[3 * c + 1], end = chunks[3 * c + 2];
         update_chunk(a, params[t], grads[t], exp_avgs[t], exp_avg_sqs[t],
-                     a->given ? given[t] : 0, begin, end, partials + 2 * c);
+                     a->given ? given[t] : 0, a->guard ? floors[t] : 0.0f, begin, end,
+                     partials + 2 * c);
     }
 }

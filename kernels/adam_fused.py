@@ -28,12 +28,24 @@ def fused_scalars(
     lr: float, beta1: float, beta2: float, eps: float, weight_decay: float, step: int,
     v_step: int, srste_decay: float,
 ) -> dict[str, float]:  # fmt: skip
-    """The per-call constants of the fused kernels (the reference's formulas folded)."""
+    """The per-call constants of the fused kernels (the reference's formulas folded);
+    ``sqrt_bc2_live``: the bias correction of a v that still updates under the guard."""
     bc1, bc2 = 1 - beta1**step, 1 - beta2**v_step
     return dict(
         lerp_w=1 - beta1, beta2=beta2, one_minus_b2=1 - beta2, decay=1 - lr * weight_decay,
-        step_size=-lr / bc1, sqrt_bc2=bc2**0.5, eps=eps, srste=float(srste_decay),
+        step_size=-lr / bc1, sqrt_bc2=bc2**0.5, sqrt_bc2_live=(1 - beta2**step) ** 0.5,
+        eps=eps, srste=float(srste_decay),
     )  # fmt: skip
+
+
+def guard_floors(
+    v_floors: list[float] | None, idx: list[int], device: torch.device
+) -> torch.Tensor | None:
+    """float32 ``[len(idx)]``: the guard's floors of the tensors ``idx`` (one fused call),
+    None without a guard (``v_floors`` None: v updates, or STEP's guard is off)."""
+    if not v_floors:
+        return None
+    return torch.tensor([v_floors[i] for i in idx], dtype=torch.float32).to(device)
 
 
 def dtype_groups(params: list[torch.Tensor]) -> dict[torch.dtype, list[int]]:

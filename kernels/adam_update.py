@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
+from .adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars, guard_floors
 from .float_bits import magnitude_constants
 from .nm_select import group_block, keep_top_n, magnitude_key
 
@@ -57,10 +57,11 @@ def _narrow(x, KIND: tl.constexpr):
 @triton.jit
 def _adam_kernel(
     p_tab, g_tab, m_tab, v_tab, k_tab, numels, chunks, partials,
-    lerp_w, beta2, one_minus_b2, decay, step_size, sqrt_bc2, eps, srste,
+    floors, lerp_w, beta2, one_minus_b2, decay, step_size, sqrt_bc2, sqrt_bc2_live, eps, srste,
     N: tl.constexpr, M: tl.constexpr, MP: tl.constexpr, BG: tl.constexpr,
     BITS: tl.constexpr, KIND: tl.constexpr, ABS_MASK: tl.constexpr, INF_BITS: tl.constexpr,
     MASKED: tl.constexpr, GIVEN: tl.constexpr, UPDATE_V: tl.constexpr, WANT_Z: tl.constexpr,
+    GUARD: tl.constexpr,
 ):  # fmt: skip
     pid = tl.program_id(0)
     t = tl.load(chunks + 2 * pid)
@@ -101,7 +102,13 @@ def _adam_kernel(
             tl.store(partials + 2 * pid, tl.sum(tl.where(valid, dv, 0.0)))
             tl.store(partials + 2 * pid + 1, tl.sum(tl.where(valid, v, 0.0)))
     p = p * decay
-    denom = tl.div_rn(tl.sqrt_rn(v), sqrt_bc2) + eps
+    if GUARD:  # a frozen v below its tensor's floor keeps estimating (STEP's guard)
+        live = v < tl.load(floors + t)
+        v = tl.where(live, v * beta2 + one_minus_b2 * g * g, v)
+        tl.store(v_ptr + offs, v, mask=valid & live)
+        denom = tl.div_rn(tl.sqrt_rn(v), tl.where(live, sqrt_bc2_live, sqrt_bc2)) + eps
+    else:
+        denom = tl.div_rn(tl.sqrt_rn(v), sqrt_bc2) + eps
     p = p + tl.div_rn(step_size * m, denom)
     tl.store(p_ptr + offs, _narrow(p, KIND), mask=valid)
 
@@ -159,6 +166,7 @@ def adam_update_triton(
     m: int,
     want_z: bool,
     masks: list[torch.Tensor] | None = None,
+    v_floors: list[float] | None = None,
 ) -> torch.Tensor:
     """One AdamW/STEP step over many tensors, in place; returns float32 ``[2]``:
     ``(sum |v_new - v_old|, sum v_new)`` over all elements (zeros unless ``want_z`` and
@@ -167,7 +175,8 @@ def adam_update_triton(
     ``params``/``grads``: any shapes, float32/float16/bfloat16 (a grad has its param's
     dtype); ``exp_avgs``/``exp_avg_sqs``: float32 of the params' shapes. With the SR-STE
     term (``srste_decay`` and ``n``) the groups of ``m`` run along the last dim, unless
-    ``masks`` alone (bool, the params' shapes, ``n`` 0) give the kept entries. One
+    ``masks`` alone (bool, the params' shapes, ``n`` 0) give the kept entries.
+    ``v_floors`` (frozen v only): the guard's floor of each tensor. One
     launch per param dtype; non-contiguous params/states are updated through copies.
     """
     masked, given, want_z = fused_flags(update_v, srste_decay, n, want_z, masks)
@@ -197,19 +206,21 @@ def adam_update_triton(
         k_work = [masks[i].contiguous() for i in idx] if given else g_work
         g_tab = torch.tensor([[t.data_ptr() for t in g_work], [t.data_ptr() for t in k_work]],
                              dtype=torch.int64).to(params[0].device, non_blocking=True)  # fmt: skip
-        launches.append((dtype, tables, g_tab, (g_work, k_work)))
+        floors = guard_floors(v_floors, idx, params[0].device)
+        launches.append((dtype, tables, g_tab, floors, (g_work, k_work)))
 
-    total = sum(tables.programs for _, tables, _, _ in launches)
+    total = sum(tables.programs for _, tables, _, _, _ in launches)
     # one (sum |dv|, sum v) row per program, reduced here: deterministic, no atomics
     partials = torch.empty(total if want_z else 1, 2, dtype=torch.float32, device=params[0].device)
     offset = 0
-    for dtype, tables, g_tab, _ in launches:
+    for dtype, tables, g_tab, floors, _ in launches:
         abs_mask, inf_bits = magnitude_constants(dtype)
         _adam_kernel[(tables.programs,)](
             tables.p, g_tab[0], tables.m, tables.v, g_tab[1], tables.numels, tables.chunks,
-            partials[offset:] if want_z else partials, **scalars, **layout,
-            BITS=_BITS[dtype], KIND=DTYPE_CODES[dtype], ABS_MASK=abs_mask, INF_BITS=inf_bits,
-            MASKED=masked, GIVEN=given, UPDATE_V=bool(update_v), WANT_Z=want_z,
+            partials[offset:] if want_z else partials, tables.numels if floors is None else floors,
+            **scalars, **layout, BITS=_BITS[dtype], KIND=DTYPE_CODES[dtype],
+            ABS_MASK=abs_mask, INF_BITS=inf_bits, MASKED=masked, GIVEN=given,
+            UPDATE_V=bool(update_v), WANT_Z=want_z, GUARD=floors is not None,
         )  # fmt: skip
         offset += tables.programs
     for original, work in copies:

@@ -90,7 +90,7 @@ def run_and_compare(shapes, dtype, device, steps, *, backend="triton", v_step=No
             ref_state[0], grads, ref_state[1], ref_state[2], HYPER["lr"], HYPER["beta1"],
             HYPER["beta2"], HYPER["eps"], kwargs["weight_decay"], t, vs, kwargs["update_v"],
             kwargs["srste_decay"], kwargs["n"], kwargs["m"], kwargs["want_z"],
-            kwargs.get("masks"),
+            kwargs.get("masks"), kwargs.get("v_floors"),
         )  # fmt: skip
         with step.use_backend(f"adam_update={backend}"):
             out = adam_update(params, grads, exp_avgs, exp_avg_sqs, **HYPER, step=t,
@@ -100,7 +100,7 @@ def run_and_compare(shapes, dtype, device, steps, *, backend="triton", v_step=No
         for i in range(len(shapes)):
             assert_param_close(params[i], ref_state[0][i], f"step {t} param {i}")
             assert_fp32_close(exp_avgs[i], ref_state[1][i], f"step {t} exp_avg {i}")
-            if kwargs["update_v"]:
+            if kwargs["update_v"] or kwargs.get("v_floors"):
                 assert_fp32_close(exp_avg_sqs[i], ref_state[2][i], f"step {t} exp_avg_sq {i}")
             else:
                 assert_bits_equal(exp_avg_sqs[i], v_before[i])
@@ -153,6 +153,68 @@ def test_given_masks_replace_the_computed_ones(backend, dtype):
     run_and_compare(shapes, dtype, "cpu", steps=2, backend=backend, v_step=1, weight_decay=0.1,
                     update_v=False, srste_decay=0.5, n=0, m=0, want_z=False,
                     masks=masks)  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_guard_keeps_estimating_v_below_its_floor(backend, dtype):
+    """STEP's guard: with v frozen, elements below their tensor's floor update v and use
+    the live bias correction; all backends follow the reference step after step."""
+    shapes = [(3, 1000), (129, 8), (8,), (0, 4)]
+    torch.manual_seed(0)
+    floors = [0.005, 0.0, 0.02, 0.01]  # 0.0: no element of that tensor is guarded
+    run_and_compare(shapes, dtype, "cpu", steps=3, backend=backend, v_step=1, weight_decay=0.1,
+                    update_v=False, srste_decay=2e-4, n=2, m=4, want_z=False,
+                    v_floors=floors)  # fmt: skip
+
+
+def test_reference_guard_semantics():
+    """Below the floor: v <- b2 v + (1-b2) g^2 and the step divides by sqrt(v/(1-b2^t));
+    at or above it: v untouched and sqrt(v/(1-b2^t0)), as without a guard."""
+    torch.manual_seed(0)
+    v0 = torch.tensor([[0.0, 1e-6, 0.5, 1.0]])
+    p0, g, m0 = torch.randn(1, 4), torch.randn(1, 4), torch.zeros(1, 4)
+    lr, b1, b2, eps, t, t0 = 1e-2, 0.9, 0.999, 1e-8, 7, 3
+    p, m, v = p0.clone(), m0.clone(), v0.clone()
+    adam_update_ref([p], [g], [m], [v], lr, b1, b2, eps, 0.0, t, t0, False, 0.0, 0, 0, False,
+                    None, [0.1])  # fmt: skip
+    live = v0 < 0.1
+    v_want = torch.where(live, v0 * b2 + (1 - b2) * g * g, v0)
+    assert_bits_equal(v, v_want)
+    m_want = (1 - b1) * g.double()
+    bc2 = torch.where(live, torch.tensor(1 - b2**t), torch.tensor(1 - b2**t0)).double()
+    step_want = lr * (m_want / (1 - b1**t)) / ((v_want.double() / bc2).sqrt() + eps)
+    torch.testing.assert_close(p.double(), p0.double() - step_want, rtol=1e-6, atol=1e-7)
+
+
+def test_guard_is_ignored_while_v_updates():
+    """Floors only matter for a frozen v: with update_v the result is the unguarded one."""
+    shapes = [(4, 8)]
+    results = []
+    for floors in (None, [10.0]):
+        torch.manual_seed(0)
+        state = make_state(shapes, torch.float32, "cpu")
+        grads = [torch.randn(s) for s in shapes]
+        adam_update(*state[:1], grads, *state[1:], lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8,
+                    weight_decay=0.0, step=2, update_v=True, v_floors=floors)  # fmt: skip
+        results.append(state)
+    for a, b in zip(*results, strict=True):
+        for x, y in zip(a, b, strict=True):
+            assert_bits_equal(x, y)
+
+
+def test_bad_floors_are_refused_before_anything_changes():
+    state = make_state([(4, 8), (2, 4)], torch.float32, "cpu")
+    before = [[x.clone() for x in xs] for xs in state]
+    grads = [torch.randn(4, 8), torch.randn(2, 4)]
+    hyper = dict(lr=1e-2, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, step=3, v_step=2,
+                 update_v=False)  # fmt: skip
+    with pytest.raises(ValueError, match="v_floors has 1 values but params has 2"):
+        adam_update(state[0], grads, state[1], state[2], **hyper, v_floors=[0.1])
+    with pytest.raises(ValueError, match=r"v_floors\[1\] is -1.0"):
+        adam_update(state[0], grads, state[1], state[2], **hyper, v_floors=[0.1, -1.0])
+    for xs, ys in zip(state, before, strict=True):
+        for x, y in zip(xs, ys, strict=True):
+            assert_bits_equal(x, y)
 
 
 def test_reference_given_nm_masks_equals_computed_masks():

@@ -57,7 +57,8 @@ def test_rates_equal_the_masks_differences_per_layer_and_overall(recipe):
         model(x).square().mean().backward()
         opt.step()
         opt.zero_grad()
-    flipped = [sum(int((b[i] != a[i]).sum()) for a, b in zip(seen, seen[1:])) for i in (0, 1)]
+    pairs = list(zip(seen, seen[1:], strict=False))  # consecutive masks
+    flipped = [sum(int((b[i] != a[i]).sum()) for a, b in pairs) for i in (0, 1)]
     sizes = [model[i].weight.numel() * (len(seen) - 1) for i in (0, 2)]
     reading = layers.read()
     assert reading.layers == {"0": flipped[0] / sizes[0], "2": flipped[1] / sizes[1]}

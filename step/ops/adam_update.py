@@ -9,10 +9,17 @@ For every tensor ``p`` with gradient ``g``, first moment ``m`` and second moment
     if update_v:                             # precondition phase (and baselines)
         z += sum |v_new - v_old|             # the AutoSwitch sample's numerator
         v = b2*v + (1-b2)*g^2
+    elif v_floors and v < v_floors[i]:       # frozen v, but no usable estimate yet:
+        v = b2*v + (1-b2)*g^2                #   it keeps estimating (STEP's guard)
+        (bias-correct with 1-b2^step below, like a v that never froze)
     p = p - lr*wd*p
     p = p - lr * (m / (1-b1^step)) / (sqrt(v / (1-b2^v_step)) + eps)
 
-``v_step`` is ``step`` while v updates and the switch step ``t0`` once it is frozen. The
+``v_step`` is ``step`` while v updates and the switch step ``t0`` once it is frozen.
+``v_floors`` (one float per tensor, empty for none) is STEP's guard of a frozen v
+(docs/optim.md): an element whose frozen v lies below its tensor's floor is not a usable
+estimate (it saw almost no gradient before the switch), so it goes on updating, as in
+AdamW, until it reaches the floor; the test ``v < floor`` is made before the update. The
 mask comes from ``p`` before the update (the same mask as this step's forward pass):
 given (``masks``, bool of each param's shape: the mask of a weight whose groups do not
 run along its last dim), computed with groups along the last dim (``n``, ``m``), or
@@ -52,8 +59,10 @@ def adam_update_ref(
     m: int,
     want_z: bool,
     masks: list[torch.Tensor] | None = None,
+    v_floors: list[float] | None = None,
 ) -> torch.Tensor:
-    """Reference: updates params, exp_avgs and (if ``update_v``) exp_avg_sqs in place."""
+    """Reference: updates params, exp_avgs and (if ``update_v``, or where below
+    ``v_floors``) exp_avg_sqs in place."""
     stats = torch.zeros(2, dtype=torch.float32, device=params[0].device)
     p32 = [p if p.dtype == torch.float32 else p.float() for p in params]
     g32 = [g.float() for g in grads]
@@ -71,12 +80,22 @@ def adam_update_ref(
         if want_z:
             for v in exp_avg_sqs:
                 stats[1] += v.sum()
+    live = None
+    if v_floors and not update_v:  # the guard: v below its floor keeps estimating
+        live = [v < floor for v, floor in zip(exp_avg_sqs, v_floors, strict=True)]
+        for v, g, below in zip(exp_avg_sqs, g32, live, strict=True):
+            v.copy_(torch.where(below, v * beta2 + (1 - beta2) * g * g, v))
     if weight_decay:
         torch._foreach_mul_(p32, 1 - lr * weight_decay)
     bias_correction1 = 1 - beta1**step
     bias_correction2 = 1 - beta2**v_step
     denom = torch._foreach_sqrt(exp_avg_sqs)
-    torch._foreach_div_(denom, bias_correction2**0.5)
+    if live is None:
+        torch._foreach_div_(denom, bias_correction2**0.5)
+    else:
+        live_correction = (1 - beta2**step) ** 0.5
+        for d, below in zip(denom, live, strict=True):
+            d.copy_(torch.where(below, d / live_correction, d / bias_correction2**0.5))
     torch._foreach_add_(denom, eps)
     torch._foreach_addcdiv_(p32, exp_avgs, denom, -lr / bias_correction1)
     for p, p_new in zip(params, p32, strict=True):
@@ -87,7 +106,7 @@ def adam_update_ref(
 
 def check_adam_update_args(
     params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m,
-    masks=None,
+    masks=None, v_floors=None,
 ) -> None:  # fmt: skip
     lists = {"params": params, "grads": grads, "exp_avgs": exp_avgs, "exp_avg_sqs": exp_avg_sqs}
     count = len(params)
@@ -113,6 +132,14 @@ def check_adam_update_args(
         raise ValueError(f"betas ({beta1}, {beta2}) must lie in [0, 1)")
     if step < 1 or v_step < 1 or v_step > step:
         raise ValueError(f"need 1 <= v_step <= step, got step={step}, v_step={v_step}")
+    if v_floors:
+        if len(v_floors) != count:
+            raise ValueError(f"v_floors has {len(v_floors)} values but params has {count}; "
+                             "give one floor per tensor (0.0: no guard), or none")  # fmt: skip
+        bad = [(i, f) for i, f in enumerate(v_floors) if not f >= 0.0 or f == float("inf")]
+        if bad:
+            raise ValueError(f"v_floors[{bad[0][0]}] is {bad[0][1]!r}; floors must be finite "
+                             "and >= 0")  # fmt: skip
     if masks is not None:  # given alone, or as the cached masks of n, m (not re-ranked here)
         if len(masks) != count:
             raise ValueError(f"masks has {len(masks)} tensors but params has {count}")
@@ -164,15 +191,17 @@ def _adam_update_op(
     m: int,
     want_z: bool,
     masks: list[torch.Tensor],
+    v_floors: list[float] | None = None,
 ) -> torch.Tensor:
     masks = masks or None  # the schema has no optional list: [] means "compute them"
+    v_floors = list(v_floors) if v_floors and not update_v else None  # no guard: v updates
     check_adam_update_args(
         params, grads, exp_avgs, exp_avg_sqs, beta1, beta2, step, v_step, srste_decay, n, m,
-        masks,
+        masks, v_floors,
     )  # fmt: skip
     _, impl = choose("adam_update", params[0].device, params)
     return impl(params, grads, exp_avgs, exp_avg_sqs, lr, beta1, beta2, eps, weight_decay,
-                step, v_step, update_v, srste_decay, n, m, want_z, masks)  # fmt: skip
+                step, v_step, update_v, srste_decay, n, m, want_z, masks, v_floors)  # fmt: skip
 
 
 @_adam_update_op.register_fake
@@ -199,6 +228,7 @@ def adam_update(
     m: int = 0,
     want_z: bool = False,
     masks: list[torch.Tensor] | None = None,
+    v_floors: list[float] | None = None,
 ) -> torch.Tensor:
     """One fused AdamW/STEP step over many tensors (module docstring).
 
@@ -214,6 +244,9 @@ def adam_update(
             computing masks (then ``n``/``m`` are not needed); with ``n``/``m`` too, they
             must be those masks (cached), and a backend may rank instead of reading them.
         want_z: also return ``(sum |v_new - v_old|, sum v_new)`` over all elements.
+        v_floors: with ``update_v=False``, one floor per tensor: elements whose v lies
+            below it keep updating v (bias-corrected with ``step``), the others stay
+            frozen (STEP's guard; None or 0.0: all frozen).
 
     Returns:
         float32 ``[2]`` (zeros unless ``want_z`` and ``update_v``).
@@ -222,4 +255,5 @@ def adam_update(
         params, grads, exp_avgs, exp_avg_sqs, float(lr), float(beta1), float(beta2),
         float(eps), float(weight_decay), int(step), int(step if v_step is None else v_step),
         bool(update_v), float(srste_decay), int(n), int(m), bool(want_z), masks or [],
+        [float(f) for f in v_floors or ()],
     )  # fmt: skip

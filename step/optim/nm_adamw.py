@@ -18,7 +18,7 @@ import torch
 from ..nn.flip_rate import FlipRate
 from ..nn.sparsity import attach_sparsity, sparsity_of
 from ..ops.adam_update import adam_update
-from .checks import check_group_nm, check_hyperparameters, check_int, describe
+from .checks import check_group_nm, check_hyperparameters, check_int, check_real, describe
 
 RECIPE_KEY = "recipe"
 """Key of the recipe's own state (step count, phase...) in ``optimizer.state``."""
@@ -43,10 +43,13 @@ def _saved_params(saved: list[dict], groups: list[dict]) -> dict:
 
 
 def _check_state_value(value: object, kind: str, shape: tuple[int, ...], name: str) -> None:
-    """A saved state value of ``kind``: "count" an int >= 0; "moment" a floating tensor
-    and "mask" a bool tensor, both of the parameter's ``shape``."""
+    """A saved state value of ``kind``: "count" an int >= 0; "real" a finite float >= 0;
+    "moment" a floating tensor and "mask" a bool tensor, both of the parameter's ``shape``."""
     if kind == "count":
         check_int(value, name, low=0)
+        return
+    if kind == "real":
+        check_real(value, name, low=0.0)
         return
     dtypes = "a bool" if kind == "mask" else "a floating-point"
     if not isinstance(value, torch.Tensor) or (
@@ -212,6 +215,7 @@ class NMAdamW(torch.optim.Optimizer):
         srste_decay: float = 0.0,
         want_z: bool = False,
         grads: list[torch.Tensor] | None = None,
+        v_floors: list[float] | None = None,
     ) -> torch.Tensor | None:
         """Fused AdamW step of ``params``; with ``want_z`` returns ``[sum|dv|, sum v, count]``.
 
@@ -256,7 +260,7 @@ class NMAdamW(torch.optim.Optimizer):
                 lr=group["lr"], beta1=beta1, beta2=beta2, eps=group["eps"],
                 weight_decay=group["weight_decay"], step=step, v_step=v_step,
                 update_v=update_v, srste_decay=srste_decay, n=n, m=m, want_z=want_z,
-                masks=masks,
+                masks=masks, v_floors=None if v_floors is None else [v_floors[i] for i in idx],
             )  # fmt: skip
             if want_z:
                 count = sum(_local(p).numel() for p in ps)

@@ -21,8 +21,9 @@ import torch
 from ..nn.freeze import mark_pending_masks
 from ..nn.sparsity import sparsity_of
 from .autoswitch import AutoSwitch
-from .checks import check_betas, check_choice, check_int, describe, is_int, is_real
+from .checks import check_betas, check_choice, check_int, check_real, describe, is_int, is_real
 from .nm_adamw import RECIPE_KEY, NMAdamW, _local
+from .sste import SSTE
 
 PHASES = ("precondition", "mask_learning")
 
@@ -76,8 +77,28 @@ def _autoswitch(value: object, total_steps: int | None, beta2: float) -> AutoSwi
     return switch
 
 
+VARIANCE_FLOOR = 1e-2
+"""STEP's default guard: at the switch, elements whose v* lies below this fraction of
+their tensor's mean v* keep estimating v (docs/optim.md, "The variance guard")."""
+
+
+def _variance_floors(opt: NMAdamW, params: list[torch.Tensor], fraction: float) -> list[float]:
+    """``fraction`` times each tensor's mean v (over all ranks' elements), as float32
+    values (all backends compare v with the same floor)."""
+    sums = torch.stack([
+        torch.stack([opt.state[p]["exp_avg_sq"].double().sum(),
+                     torch.tensor(float(opt.state[p]["exp_avg_sq"].numel()), dtype=torch.float64,
+                                  device=opt.state[p]["exp_avg_sq"].device)])
+        for p in params
+    ])  # fmt: skip
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(sums)  # sharded (FSDP2) or replicated (DDP): same mean
+    means = (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()
+    return [float(torch.tensor(fraction * mean, dtype=torch.float32)) for mean in means]
+
+
 class STEP(NMAdamW):
-    """STEP: Adam-aware N:M mask learning (``../shared/STEP_ALGORITHM.md``).
+    """STEP: Adam-aware N:M mask learning (docs/algorithm.md).
 
     Args:
         params: parameters or param groups; sparse ones are recognised from sparse layers
@@ -92,6 +113,11 @@ class STEP(NMAdamW):
         total_steps: the run's length in optimizer steps. Give it: with the default
             AutoSwitch it makes STEP learn masks in a run of any length. With an explicit
             ``autoswitch`` it only checks that one can switch within the run.
+        variance_floor: the guard against a frozen v that is no usable estimate (an
+            element that saw almost no gradient before the switch): at the switch, each
+            sparse tensor's floor is this fraction of its mean v*; elements below it keep
+            updating v (as AdamW) until they reach it. 0 turns the guard off (the spec's
+            update exactly). Default 1e-2 (docs/optim.md, "The variance guard").
 
     Raises ``ValueError`` when ``autoswitch`` cannot switch within ``total_steps``.
     ``step.freeze`` warns about a model whose STEP optimizer has not switched yet.
@@ -101,7 +127,7 @@ class STEP(NMAdamW):
 
     RECIPE = "step"
     _RECIPE_KEYS = (*NMAdamW._RECIPE_KEYS, "phase", "switch_step", "autoswitch")
-    _SPARSE_STATE = {"v_step": "count"}  # the step whose v was frozen
+    _SPARSE_STATE = {"v_step": "count", "v_floor": "real"}  # frozen at; the guard's floor
 
     def __init__(
         self,
@@ -113,9 +139,11 @@ class STEP(NMAdamW):
         srste_decay: float = 2e-4,
         autoswitch: AutoSwitch | int | None = None,
         total_steps: int | None = None,
+        variance_floor: float = VARIANCE_FLOOR,
     ) -> None:
         if total_steps is not None:  # all checked before the parameters are touched
             total_steps = check_int(total_steps, "total_steps", hint=" (the run's optimizer steps)")
+        self.variance_floor = check_real(variance_floor, "variance_floor", low=0.0, example="1e-2")
         switch = _autoswitch(autoswitch, total_steps, check_betas(betas)[1])
         super().__init__(params, lr, betas, eps, weight_decay, srste_decay)
         self.autoswitch = switch
@@ -138,7 +166,9 @@ class STEP(NMAdamW):
     def _update_sparse(self, group, params, t):
         if self.phase == "precondition":
             return self._adam(group, params, want_z=True)
-        self._adam(group, params, update_v=False, srste_decay=group["srste_decay"])
+        floors = [self.state[p].get("v_floor", 0.0) for p in params]  # absent: saved unguarded
+        self._adam(group, params, update_v=False, srste_decay=group["srste_decay"],
+                   v_floors=floors if any(floors) else None)  # fmt: skip
         return None
 
     def _check_step(self, sparse):
@@ -168,10 +198,13 @@ class STEP(NMAdamW):
         recipe.update(phase="mask_learning", switch_step=recipe["t"])
         if not self.autoswitch.switched:
             self.autoswitch.switch_step = recipe["t"]
-        for p in self.sparse_params():
-            state = self.state[p]
-            if "step" in state:  # v* = v_{t0}: simply never written again
-                state["v_step"] = state["step"]
+        started = [p for p in self.sparse_params() if "step" in self.state[p]]
+        for p in started:  # v* = v_{t0}: never written again (but where the guard says)
+            self.state[p]["v_step"] = self.state[p]["step"]
+        if self.variance_floor and started:
+            floors = _variance_floors(self, started, self.variance_floor)
+            for p, floor in zip(started, floors, strict=True):
+                self.state[p]["v_floor"] = floor
         self._set_modes("ste")
 
     def _save_recipe_state(self, recipe):
@@ -346,11 +379,12 @@ class DenseAdamW(NMAdamW):
         self._set_modes("dense")
 
 
-RECIPES = {"step": STEP, "srste": SRSTE, "asp": ASP, "dense": DenseAdamW}
+RECIPES = {"step": STEP, "srste": SRSTE, "asp": ASP, "dense": DenseAdamW, "sste": SSTE}
 
 
 def make(recipe: str, params, **kwargs) -> NMAdamW:
-    """Build a recipe's optimizer by name: ``"step"``, ``"srste"``, ``"asp"``, ``"dense"``."""
+    """Build a recipe's optimizer by name: ``"step"``, ``"srste"``, ``"asp"``, ``"dense"``,
+    ``"sste"`` (S-STE, :mod:`step.optim.sste`)."""
     cls = RECIPES[check_choice(recipe, "recipe", tuple(sorted(RECIPES)))]
     takes = [name for name in inspect.signature(cls).parameters if name != "params"]
     unknown = sorted(set(kwargs) - set(takes))

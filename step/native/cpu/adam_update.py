@@ -17,7 +17,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ...kernels.adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars
+from ...kernels.adam_fused import (
+    DTYPE_CODES,
+    dtype_groups,
+    fused_flags,
+    fused_scalars,
+    guard_floors,
+)
 from ...ops.dispatch import register
 from .loader import load_library
 
@@ -33,9 +39,10 @@ class _Args(ctypes.Structure):
 
     _fields_ = [
         *[(name, ctypes.c_float) for name in ("lerp_w", "beta2", "one_minus_b2", "decay",
-                                               "step_size", "sqrt_bc2", "eps", "srste")],
+                                               "step_size", "sqrt_bc2", "sqrt_bc2_live",
+                                               "eps", "srste")],
         *[(name, ctypes.c_int32) for name in ("n", "m", "kind", "masked", "given",
-                                               "update_v", "want_z")],
+                                               "update_v", "want_z", "guard")],
     ]  # fmt: skip
 
 
@@ -43,7 +50,7 @@ class _Args(ctypes.Structure):
 def _function():
     fn = load_library("adam_update_cpu").step_adam_update
     ptr = ctypes.c_void_p
-    fn.argtypes = [ctypes.POINTER(_Args), ptr, ptr, ptr, ptr, ptr, ptr,
+    fn.argtypes = [ctypes.POINTER(_Args), ptr, ptr, ptr, ptr, ptr, ptr, ptr,
                    ctypes.c_int64, ctypes.c_int64, ptr]  # fmt: skip
     fn.restype = None
     return fn
@@ -105,6 +112,7 @@ def adam_update_cpu(
     m: int,
     want_z: bool,
     masks: list[torch.Tensor] | None = None,
+    v_floors: list[float] | None = None,
 ) -> torch.Tensor:
     """Same arguments and result as ``adam_update_ref``; CPU tensors of any layout
     (non-contiguous params and states are updated through contiguous copies)."""
@@ -121,14 +129,16 @@ def adam_update_cpu(
 
     sums = torch.zeros(2, dtype=torch.float64)
     for dtype, idx in dtype_groups(params).items():
+        floors = guard_floors(v_floors, idx, torch.device("cpu"))
         args = _Args(**scalars, n=n, m=group, kind=DTYPE_CODES[dtype], masked=masked, given=given,
-                     update_v=bool(update_v), want_z=want_z)  # fmt: skip
+                     update_v=bool(update_v), want_z=want_z, guard=floors is not None)  # fmt: skip
         ps = [work(params[i]) for i in idx]
         gs = [grads[i].contiguous() for i in idx]
         ks = [masks[i].contiguous() for i in idx] if given else []  # read only if given
         ms = [work(exp_avgs[i]) for i in idx]
         vs = [work(exp_avg_sqs[i]) for i in idx]
         tables = [_addresses(ts) for ts in (ps, gs, ms, vs, ks)]
+        tables.append(floors if floors is not None else torch.zeros(0))
         chunks = _chunk_table(tuple(params[i].numel() for i in idx), group)
         partials = torch.zeros(chunks.shape[0], 2, dtype=torch.float32)
         _run(args, tables, chunks, partials, sum(p.numel() for p in ps))
