@@ -232,14 +232,15 @@ def cases() -> list[Case]:
         w(4, 256, torch.float16), vals, meta, None)  # fmt: skip
 
     phases = {  # (update_v, srste_decay, n, want_z, given masks)
-        "dense AdamW": (True, 0.0, 0, False, False),
-        "precondition": (True, 0.0, 0, True, False),
-        "mask-learning 2:4": (False, 2e-4, 2, False, False),
-        "mask-learning 1:8": (False, 2e-4, 1, False, False),
-        "mask-learning given masks": (False, 2e-4, 2, False, True),
+        "dense AdamW": (True, 0.0, 0, False, False, False),
+        "precondition": (True, 0.0, 0, True, False, False),
+        "mask-learning 2:4": (False, 2e-4, 2, False, False, False),
+        "mask-learning 1:8": (False, 2e-4, 1, False, False, False),
+        "mask-learning given masks": (False, 2e-4, 2, False, True, False),
+        "mask-learning 2:4 guarded": (False, 2e-4, 2, False, False, True),
     }
     for name, dt in dtypes.items():
-        for phase, (update_v, decay, n, want_z, given) in phases.items():
+        for phase, (update_v, decay, n, want_z, given, guard) in phases.items():
             m = 8 if n == 1 else 4
             params = [w(64, 256, dt), w(32, 64, dt)]
             grads = [torch.randn_like(p) for p in params]
@@ -264,6 +265,7 @@ def cases() -> list[Case]:
                 m,
                 want_z,
                 masks,
+                [1e-6, 1e-6] if guard else None,
             )
     return out
 
