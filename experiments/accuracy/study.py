@@ -1,19 +1,23 @@
-"""The accuracy study: dense, ASP, SR-STE and STEP (both AutoSwitch criteria) under AdamW.
+"""The accuracy study: dense, ASP, SR-STE, S-STE and STEP (both AutoSwitch criteria)
+under AdamW.
 
 Every run is one ``step-sparsity train`` run (``step.train.train``) of a task in
-``configs/`` at one scale (``[cpu]`` or ``[gpu]`` table of the task's file), one recipe,
-one N:M and one seed. All recipes of a task share the model initialisation and the
-batches of each seed (tasks draw both from the seed), the budget and the
-hyperparameters. Recipes:
+``configs/`` at one scale (the ``[cpu]``, ``[gpu]`` or ``[long]`` table of the task's
+file), one recipe, one N:M and one seed. A scale's table may list its own ``recipes``,
+``nm``, ``seeds`` and ``[<scale>.variants.<name>]``, replacing the file's for that scale.
+All recipes of a task share the model initialisation and the batches of each seed
+(tasks draw both from the seed), the budget and the hyperparameters. Recipes:
 
 ``dense``       AdamW, no masks (one run per seed, the baseline of every N:M)
 ``asp``         dense AdamW, one-shot magnitude prune at half the run, masked fine-tuning
 ``srste``       SR-STE from step 1 (masked STE forward, SR-STE decay, v keeps updating)
 ``step``        STEP with the default scale-free ``plateau`` AutoSwitch
 ``step-paper``  STEP with the ``paper`` criterion (mean of Z_t below a threshold)
+``sste``        S-STE: soft-threshold forward, fixed per-tensor scale, plain AdamW
 
 A task file may add ``[variants.<name>]`` tables: a base ``recipe``, a ``label`` and
-settings that differ (e.g. ``srste_decay``), run at the task's first N:M for every seed.
+settings that differ (e.g. ``srste_decay``), run at the task's first N:M for every seed
+unless the variant names its ``nm`` and ``seeds``.
 
 The ``paper`` criterion's threshold is in the units of Z_t, so it is calibrated once per
 task and scale on a held-out seed (``PILOT_SEED``): a ``step`` run whose mean Z_t over the
@@ -29,6 +33,7 @@ their results are read unless ``--keep-runs``. ``report.py`` turns the results i
 
     python experiments/accuracy/study.py                  # CPU scale, ~1 h on 2 cores
     python experiments/accuracy/study.py --scale gpu      # one GPU
+    python experiments/accuracy/study.py --scale long --tasks shakespeare   # ~2 h, 2 cores
     python experiments/accuracy/study.py --smoke --tasks shakespeare --results /tmp/r
 """
 
@@ -52,12 +57,18 @@ import tomllib
 HERE = Path(__file__).resolve().parent
 CONFIGS = HERE / "configs"
 RESULTS = HERE / "results"
-RECIPES = ("dense", "asp", "srste", "step", "step-paper")
+RECIPES = ("dense", "asp", "srste", "step", "step-paper", "sste")
+VARIANT_BASES = ("asp", "srste", "step", "sste")
+SCALES = ("cpu", "gpu", "long", "smoke", "long-smoke")
+"""``smoke``: the ``cpu`` table with :data:`SMOKE`; ``long-smoke``: the ``long`` one."""
 PILOT_SEED = 1000
 LONGEST_FIRST = ("minilm-sentiment", "shakespeare", "fashion-mnist")
 """Tasks by the time of one run: starting the long runs first keeps the workers busy."""
 SMOKE = {"steps": 6, "eval_every": 3, "log_every": 1}
-"""The CI smoke scale: the CPU settings with these overrides, one seed, the first N:M."""
+"""The CI smoke scales: a scale's settings with these overrides, one seed, the first N:M
+(variants at theirs). Settings given as fractions of the run (``t_max``) still apply."""
+LISTS = ("recipes", "nm", "seeds", "variants")
+"""What a scale's table may give to replace the file's top-level lists."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +81,16 @@ class TaskStudy:
     seeds: tuple[int, ...]
     settings: dict[str, Any]  # TrainConfig fields of the chosen scale
     variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def variant_runs(self, name: str) -> tuple[str, tuple[int, ...]]:
+        """The N:M and seeds variant ``name`` runs at: its own, else the first N:M and
+        the study's seeds."""
+        variant = self.variants[name]
+        return variant.get("nm", self.nms[0]), tuple(variant.get("seeds", self.seeds))
+
+
+VARIANT_KEYS = ("recipe", "label", "nm", "seeds")
+"""A variant's keys that are not ``TrainConfig`` settings."""
 
 
 @dataclass(frozen=True)
@@ -85,36 +106,42 @@ class Run:
 
 
 def load_study(path: Path, scale: str) -> TaskStudy:
-    """Read ``configs/<task>.toml``; ``scale`` is ``cpu``, ``gpu`` or ``smoke``."""
+    """Read ``configs/<task>.toml`` at ``scale`` (one of :data:`SCALES`)."""
     data = tomllib.loads(path.read_text())
-    section = "cpu" if scale == "smoke" else scale
+    smoke = scale in ("smoke", "long-smoke")
+    section = {"smoke": "cpu", "long-smoke": "long"}.get(scale, scale)
     if section not in data:
         raise SystemExit(f"{path} has no [{section}] table")
-    unknown = set(data["recipes"]) - set(RECIPES)
+    table = dict(data[section])
+    lists = {key: table.pop(key, data.get(key, {} if key == "variants" else None)) for key in LISTS}
+    unknown = set(lists["recipes"]) - set(RECIPES)
     if unknown:
         raise SystemExit(f"{path}: unknown recipes {sorted(unknown)}; known: {RECIPES}")
-    settings = dict(data[section])
-    variants = data.get("variants", {})
+    settings, variants = table, lists["variants"]
     for name, variant in variants.items():
-        if name in RECIPES or variant.get("recipe") not in RECIPES[1:4]:
+        if name in RECIPES or variant.get("recipe") not in VARIANT_BASES:
             raise SystemExit(f"{path}: variant {name!r} needs a new name and a base recipe "
-                             f"from {RECIPES[1:4]}")  # fmt: skip
-    nms, seeds = tuple(data["nm"]), tuple(data["seeds"])
-    if scale == "smoke":
+                             f"from {VARIANT_BASES}")  # fmt: skip
+    nms, seeds = tuple(lists["nm"]), tuple(lists["seeds"])
+    if smoke:
         settings.update(SMOKE)
         nms, seeds = nms[:1], seeds[:1]
-    return TaskStudy(data["task"], tuple(data["recipes"]), nms, seeds, settings, variants)
+        variants = {name: {**v, "seeds": seeds} for name, v in variants.items()}
+    return TaskStudy(data["task"], tuple(lists["recipes"]), nms, seeds, settings, variants)
 
 
 def plan(study: TaskStudy) -> list[Run]:
-    """The runs of one task: dense once per seed, every sparse recipe per N:M and seed."""
+    """The runs of one task: dense once per seed, every sparse recipe per N:M and seed,
+    each variant at its N:M and seeds."""
     runs = []
     for seed in study.seeds:
         for i, nm in enumerate(study.nms):
             for recipe in study.recipes:
                 if recipe != "dense" or i == 0:
                     runs.append(Run(study.task, recipe, nm, seed))
-        runs += [Run(study.task, name, study.nms[0], seed) for name in study.variants]
+    for name in study.variants:
+        nm, seeds = study.variant_runs(name)
+        runs += [Run(study.task, name, nm, seed) for seed in seeds]
     return runs
 
 
@@ -124,7 +151,9 @@ def train_config(study: TaskStudy, run: Run, threshold: float | None):
 
     values = {**study.settings, "task": run.task, "nm": run.nm, "seed": run.seed}
     values["recipe"] = "step" if run.recipe == "step-paper" else run.recipe
-    variant = {k: v for k, v in study.variants.get(run.recipe, {}).items() if k != "label"}
+    variant = {k: v for k, v in study.variants.get(run.recipe, {}).items()
+               if k not in VARIANT_KEYS}  # fmt: skip
+    values["recipe"] = study.variants.get(run.recipe, {}).get("recipe", values["recipe"])
     values.update(variant)
     if run.recipe == "step-paper":
         values.update(criterion="paper", threshold=threshold)
@@ -166,6 +195,8 @@ def execute(study: TaskStudy, run: Run, threshold: float | None, work: Path, kee
         "eval": [r for r in rows if "val_loss" in r],
         "train_loss": [[r["step"], r["loss"]] for r in rows if "loss" in r],
         "autoswitch": [[h["step"], h["z"], h["v"], h["statistic"]] for h in switch["history"]],
+        "flip_rate": [[r["step"], r["flip_rate"]] for r in rows
+                      if r.get("flip_rate") is not None],
     }  # fmt: skip
     if not keep:
         shutil.rmtree(run_dir)
@@ -215,14 +246,17 @@ def _run_all(jobs: list[tuple], workers: int, label: str) -> list[dict]:
 
 
 def run_study(tasks: list[str], scale: str, results: Path, work: Path, workers: int,
-              keep: bool = False) -> Path:  # fmt: skip
-    """Run every missing run of ``tasks`` at ``scale``; returns the results folder."""
+              keep: bool = False, recipes: list[str] | None = None) -> Path:  # fmt: skip
+    """Run every missing run of ``tasks`` at ``scale`` (only ``recipes``' runs, variants
+    by name, if given); returns the results folder."""
     out_dir = results / scale
     studies = [load_study(CONFIGS / f"{task}.toml", scale) for task in tasks]
 
     def pending(study, runs, threshold=None, prefix=""):
         for run in runs:
             out = out_dir / f"{prefix}{run.name}.json"
+            if recipes is not None and run.recipe not in recipes:
+                continue
             if not out.is_file():
                 paper = run.recipe == "step-paper"
                 yield (study, run, threshold if paper else None, work, keep, out)
@@ -248,9 +282,11 @@ def run_study(tasks: list[str], scale: str, results: Path, work: Path, workers: 
 def main(argv: list[str] | None = None) -> int:
     all_tasks = sorted(p.stem for p in CONFIGS.glob("*.toml"))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", choices=("cpu", "gpu", "smoke"), default="cpu")
+    parser.add_argument("--scale", choices=SCALES, default="cpu")
     parser.add_argument("--smoke", action="store_const", const="smoke", dest="scale",
                         help="a few steps, one seed: checks the pipeline (CI)")  # fmt: skip
+    parser.add_argument("--recipes", help="comma-separated: only these recipes' (and "
+                        "variants') runs, e.g. to add a recipe to finished results")  # fmt: skip
     parser.add_argument("--tasks", default=",".join(all_tasks),
                         help=f"comma-separated, from {', '.join(all_tasks)}")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=2, help="runs in parallel (one thread each)")
@@ -266,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs < 1:
         parser.error("--jobs must be >= 1")
     began = time.perf_counter()
-    out = run_study(tasks, args.scale, args.results, args.work, args.jobs, args.keep_runs)
+    recipes = [r for r in args.recipes.split(",") if r] if args.recipes else None
+    out = run_study(tasks, args.scale, args.results, args.work, args.jobs, args.keep_runs,
+                    recipes)  # fmt: skip
     print(f"results in {out} ({time.perf_counter() - began:.0f} s); "
           f"make the report: python {HERE / 'report.py'} --results {args.results}")  # fmt: skip
     return 0
