@@ -18,7 +18,7 @@ from step.nn.sparsity import sparsity_of
 from step.optim import ASP, RECIPES, SRSTE, STEP, AutoSwitch, DenseAdamW, NMAdamW, make
 
 STEPS = 6
-OPTIONS = {"step": {"autoswitch": 2}, "asp": {"prune_at": 2}, "srste": {}, "dense": {}}
+OPTIONS = {"step": {"autoswitch": 2}, "asp": {"prune_at": 2}, "srste": {}, "dense": {}, "sste": {}}
 
 
 def trained(recipe: str, steps: int = 4, model: torch.nn.Module | None = None):

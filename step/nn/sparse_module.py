@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..functional import ste_masked
+from ..functional import ste_masked, ste_soft
 from ..ops.compressed_weight import CompressedWeight, compress_weight
 from .sparsity import ATTRIBUTE, NMSparsity
 
@@ -57,10 +57,13 @@ class SparseWeightMixin:
         self._mirror_sparsity()
 
     def sparse_weight(self) -> torch.Tensor:
-        """The weight the forward pass uses: dense, STE-masked or fixed-masked by mode."""
+        """The weight the forward pass uses: dense, STE-masked, fixed-masked or S-STE's
+        scaled soft threshold by mode."""
         state, w = self.sparsity, self.weight
         if state.mode == "ste":
             return ste_masked(w, state.current_mask(w))
+        if state.mode == "soft":
+            return soft_weight(state, w)
         if state.mode == "fixed":
             if self._frozen and not torch.compiler.is_compiling():
                 if self._pruned_key == self._weight_key():  # pruned in place, unchanged
@@ -80,9 +83,17 @@ class SparseWeightMixin:
     @torch.no_grad()
     def freeze(self, compressed: CompressedWeight | None = None) -> None:
         """Prune the weight to exact N:M in place (+0.0 at pruned entries) and fix the
-        mask (:meth:`current_mask`). ``compressed``: the compressed copy of the pruned
-        weight if the caller has it (loaders), else it is computed."""
-        mask = self.current_mask()
+        mask (:meth:`current_mask`). In mode ``"soft"`` the weight becomes the one the
+        forward pass used, ``beta * S(w)``, with the soft threshold's mask. ``compressed``:
+        the compressed copy of the pruned weight if the caller has it (loaders), else it
+        is computed."""
+        state = self.sparsity
+        if state.mode == "soft":
+            beta = state.soft_scale()
+            soft, mask = state.soft_threshold(self.weight)
+            self.weight.copy_(ste_soft(self.weight, soft, beta))
+        else:
+            mask = self.current_mask()
         self.weight.masked_fill_(~mask, 0)
         self._pruned_key = self._weight_key()
         self.sparsity.set_mode("fixed", mask)
@@ -145,6 +156,17 @@ def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
         return None
     dense = layer.sparsity.grouped(layer.weight)
     return layer.compressed_weight().linear(x, layer.bias, dense)
+
+
+def soft_weight(state: NMSparsity, w: torch.Tensor) -> torch.Tensor:
+    """S-STE's forward weight ``beta * S(w)`` (mode ``"soft"``), straight-through gradient
+    to ``w``. The op's mask is the layer's mask: the first forward after a weight change
+    caches it (and counts its flips); micro-batches find it cached."""
+    beta = state.soft_scale()
+    soft, mask = state.soft_threshold(w)
+    if state.cached_mask(w) is None:
+        state.remember_mask(w, mask)
+    return ste_soft(w, soft, beta)
 
 
 def fused_ste_linear(layer, x: torch.Tensor) -> torch.Tensor:

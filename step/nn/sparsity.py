@@ -21,9 +21,13 @@ import torch
 from ..ops.checks import check_nm
 from ..ops.nm_mask import nm_mask
 
-MODES = ("dense", "ste", "fixed")
+MODES = ("dense", "ste", "fixed", "soft")
 """``dense``: plain weight; ``ste``: mask from the current weight, straight-through
-gradient (STEP's mask-learning phase, SR-STE); ``fixed``: a stored mask (ASP, frozen)."""
+gradient (STEP's mask-learning phase, SR-STE); ``fixed``: a stored mask (ASP, frozen);
+``soft``: S-STE's ``beta * S(w)``, the soft threshold of the current weight
+(:func:`step.ops.nm_soft_threshold`: the kept entries shrunk by the largest pruned
+magnitude) times the fixed per-tensor scale :attr:`NMSparsity.beta`, straight-through
+gradient to ``w`` (not scaled by ``beta``; ``step.optim.SSTE``)."""
 
 ATTRIBUTE = "nm_sparsity"
 
@@ -37,6 +41,7 @@ class NMSparsity:
     mode: str = "dense"
     mask: torch.Tensor | None = None  # the fixed mask in mode "fixed", the weight's shape
     axis: int = -1
+    beta: float | None = None  # mode "soft": S-STE's fixed scale, set by the optimizer
     _cache: tuple | None = field(default=None, repr=False, compare=False)
     # the flip-rate counters (:meth:`flip_counts`): the last mask a forward pass computed,
     # and running totals of entries changed (a 0-d tensor: no sync per step) and compared
@@ -68,10 +73,27 @@ class NMSparsity:
         ``axis``."""
         return self.mask_like(nm_mask(self.grouped(w.detach()), self.n, self.m), w)
 
+    def soft_threshold(self, w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """S-STE's soft threshold ``S(w)`` and the N:M mask of ``w`` (both ``w``'s shape and
+        memory layout, groups along ``axis``; :func:`step.ops.nm_soft_threshold`). Caches
+        nothing and counts no flips: the forward pass of mode ``"soft"`` does."""
+        soft, mask = torch.ops.step.nm_soft_threshold(self.grouped(w.detach()), self.n, self.m)
+        return self.mask_like(soft, w), self.mask_like(mask, w)
+
+    def soft_scale(self) -> float:
+        """:attr:`beta`, the scale of mode ``"soft"``, or the error saying who sets it."""
+        if self.beta is None:
+            raise RuntimeError(
+                f"this {self.n}:{self.m} weight is in mode 'soft' but has no scale beta: "
+                "step.optim.SSTE sets it from the initial weight when it is constructed "
+                "over the model (or set NMSparsity.beta yourself, e.g. 1.0)"
+            )
+        return self.beta
+
     def mask_like(self, grouped_mask: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """A mask of :meth:`grouped` ``w`` back in ``w``'s shape, and contiguous like
-        ``w``, so masked weights have the weight's strides (convolutions sum in an order
-        that depends on them)."""
+        """A mask (or any tensor) of :meth:`grouped` ``w`` back in ``w``'s shape, and
+        contiguous like ``w``, so masked weights have the weight's strides (convolutions
+        sum in an order that depends on them)."""
         mask = self.ungrouped(grouped_mask)
         return mask.contiguous() if w.is_contiguous() else mask
 

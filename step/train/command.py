@@ -16,7 +16,7 @@ from .result import RunResult
 
 _FLAGS = {  # flag -> (config field, type, help)
     "--task": ("task", str, f"one of {', '.join(TASKS)} (default shakespeare)"),
-    "--recipe": ("recipe", str, "step (default), dense, srste or asp"),
+    "--recipe": ("recipe", str, "step (default), dense, srste, asp or sste (S-STE)"),
     "--nm": ("nm", str, "the N:M pattern (default 2:4)"),
     "--steps": ("steps", int, "optimizer steps (default: the task's)"),
     "--batch-size": ("batch_size", int, "default: the task's"),
@@ -45,7 +45,11 @@ def add_parser(sub) -> None:
     for flag, (_, kind, text) in _FLAGS.items():
         p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument("--config", type=Path, help="a TOML (or YAML) file of the same settings")
-    p.add_argument("--compare", help="comma-separated recipes to run on the same budget and seed")
+    p.add_argument(
+        "--compare",
+        help="comma-separated recipes to run on the same budget and "
+        "seed, e.g. dense,asp,srste,step,sste",
+    )
     p.add_argument("--out", type=Path, help="run directory (default runs/<task>-<recipe>-...)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR", help="continue a run directory")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

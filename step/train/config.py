@@ -24,13 +24,13 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     task: str = "shakespeare"
-    recipe: str = "step"
+    recipe: str = "step"  # one of RECIPES: step, srste, asp, dense, sste
     nm: str = "2:4"
     steps: int | None = None  # the task's default
     batch_size: int | None = None  # the task's default
     lr: float | None = None  # the task's default
     weight_decay: float = 0.0
-    srste_decay: float = 2e-4
+    srste_decay: float = 2e-4  # recipes "step" and "srste" (S-STE has no decay term)
     criterion: str = "plateau"  # AutoSwitch criterion for recipe "step"
     threshold: float | None = None  # AutoSwitch threshold ("paper" needs one)
     t_min: float = 0.1  # fraction of steps (< 1) or a step count

@@ -27,6 +27,8 @@ def _fraction(value: float, steps: int) -> int:
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
+    """The run's recipe over ``model``. Every recipe takes lr and weight_decay; "dense" and
+    "sste" (S-STE: its scales are fitted from the model's weights here) nothing else."""
     kwargs: dict[str, Any] = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.recipe == "step":
         kwargs.update(srste_decay=cfg.srste_decay, autoswitch=AutoSwitch(
