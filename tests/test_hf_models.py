@@ -6,6 +6,8 @@ Sparsify, train with STEP through the switch, then ``save_pretrained`` /
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -83,6 +85,29 @@ def test_save_pretrained_keeps_weights_and_sparsity(trained, tmp_path):
     assert loaded.config.step_sparsity["layers"]  # the plan travels in config.json
     step.restore_sparsity(loaded).eval()
     assert step.nn.sparsity_plan(loaded) == step.nn.sparsity_plan(trained)
+    assert torch.equal(logits(loaded, ids), want)
+
+
+@pytest.mark.parametrize("make", [gpt2, bert])
+def test_an_sste_model_mid_training_round_trips_through_save_pretrained(make, tmp_path):
+    """Mode "soft" needs S-STE's scale: the plan carries it, so the restored model runs the
+    same forward pass."""
+    torch.manual_seed(0)
+    model = step.sparsify(make())
+    opt = step.optim.SSTE(model.parameters(), lr=1e-3)
+    for _ in range(2):
+        loss_of(model, *batch()).backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    ids, _ = batch()
+    want = logits(model, ids)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["step_sparsity"]["layers"]
+    assert {spec["mode"] for spec in saved.values()} == {"soft"}
+    assert all(spec["beta"] > 0 for spec in saved.values())
+    loaded = step.restore_sparsity(type(model).from_pretrained(tmp_path)).eval()
+    assert step.nn.sparsity_plan(loaded) == step.nn.sparsity_plan(model)
     assert torch.equal(logits(loaded, ids), want)
 
 

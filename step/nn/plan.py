@@ -1,6 +1,7 @@
 """The sparsity plan of a model: which layers are N:M, in which mode, whether frozen.
 
-``{"format_version": 1, "layers": {name: {"n", "m", "mode"}}, "frozen": bool}``. Kept in
+``{"format_version": 1, "layers": {name: {"n", "m", "mode"}}, "frozen": bool}``, and
+``"beta"`` for a layer in mode ``"soft"`` (S-STE's scale: the forward needs it). Kept in
 a Hugging Face ``model.config`` as ``step_sparsity`` (so ``save_pretrained`` writes it to
 ``config.json``), and in exported checkpoints. :func:`step.restore_sparsity`
 (:mod:`step.nn.restore`) applies it to a freshly loaded dense model.
@@ -28,7 +29,10 @@ def sparsity_plan(model: nn.Module) -> dict[str, Any]:
     layers, frozen = {}, []
     for name, mod in model.named_modules():
         if isinstance(mod, SparseWeightMixin):
-            layers[name] = {"n": mod.sparsity.n, "m": mod.sparsity.m, "mode": mod.sparsity.mode}
+            state = mod.sparsity
+            layers[name] = {"n": state.n, "m": state.m, "mode": state.mode}
+            if state.mode == "soft" and state.beta is not None:
+                layers[name]["beta"] = state.beta
             frozen.append(mod.frozen)
     frozen_all = bool(frozen) and all(frozen)
     return {"format_version": PLAN_VERSION, "layers": layers, "frozen": frozen_all}

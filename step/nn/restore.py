@@ -34,6 +34,9 @@ def restore_sparsity(model: nn.Module, plan: dict[str, Any] | None = None) -> nn
             layer.sparsity.set_mode("fixed", layer.sparsity.compute_mask(layer.weight))
         elif mode in ("dense", "ste"):
             layer.sparsity.set_mode(mode)
+        elif mode == "soft":  # S-STE mid-training: its scale is in the plan
+            layer.sparsity.set_mode(mode)
+            layer.sparsity.beta = spec.get("beta")
         else:
             raise ValueError(f"sparsity plan: layer {name!r} has unknown mode {mode!r}")
     if plan.get("frozen"):
