@@ -21,7 +21,9 @@ class SparseLinear(SparseWeightMixin, nn.Linear):
       weight inside the fused kernel and caches the mask it returns; until the weight
       changes again, micro-batches and the optimizer's SR-STE term reuse it. Straight-
       through gradient to the dense weight;
-    - ``fixed``: the stored mask (ASP, frozen layers in training mode).
+    - ``fixed``: the stored mask (ASP, frozen layers in training mode);
+    - ``soft``: S-STE's ``beta * S(weight)`` (``step.optim.SSTE``), its mask cached like
+      ``ste``'s; straight-through gradient to the dense weight.
 
     After :func:`step.freeze` and in eval mode it runs on the compressed weight
     (:func:`step.sparse24_linear` for 2:4 half precision, else :func:`step.nm_linear`).

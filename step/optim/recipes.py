@@ -6,6 +6,8 @@
 ``ASP``    dense AdamW until ``prune_at``, a one-shot magnitude prune to N:M, then the
            mask fixed (pruned weights stay zero, their gradients are masked).
 ``DenseAdamW``  AdamW with no masks: the dense baseline on the same layers.
+``SSTE``   (``sste.py``) S-STE: soft-threshold forward with a fixed per-tensor scale,
+           straight-through gradient, plain AdamW.
 
 ``make(recipe, params, **kwargs)`` builds one by name.
 """
