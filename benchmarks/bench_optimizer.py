@@ -234,10 +234,12 @@ def assert_params_close(actual: STEP, expected: torch.optim.Optimizer, what: str
 
 def check_mask_step(opt: STEP, backend: str) -> list[torch.Tensor]:
     """Take ``opt``'s first mask-learning step (it has had one precondition step and the
-    switch) and check it: sparse weights' v unchanged, their p and m changed, dense
-    weights' v still updated. Returns copies of the sparse weights' v."""
+    switch) and check it: sparse weights' frozen v unchanged (elements below the guard's
+    floor still estimate theirs), their p and m changed, dense weights' v still updated.
+    Returns the masks of the sparse weights' frozen v and copies of their v."""
     sparse = opt.param_groups[0]["params"]
     v_before = [opt.state[p]["exp_avg_sq"].clone() for p in sparse]
+    frozen = [opt.frozen_v(p) for p in sparse]  # the rest still estimates v (the guard)
     m_before = [opt.state[p]["exp_avg"].clone() for p in sparse]
     p_before = [p.detach().clone() for p in sparse]
     dense_v = [opt.state[p]["exp_avg_sq"].clone() for p in opt.param_groups[1]["params"]]
@@ -246,14 +248,14 @@ def check_mask_step(opt: STEP, backend: str) -> list[torch.Tensor]:
     if opt.phase != "mask_learning":
         raise RuntimeError(f"STEP phase is {opt.phase!r} after switch_now()")
     for i, p in enumerate(sparse):
-        if not torch.equal(opt.state[p]["exp_avg_sq"], v_before[i]):
-            raise RuntimeError(f"mask-learning step wrote v of sparse weight {i}")
+        if not torch.equal(opt.state[p]["exp_avg_sq"][frozen[i]], v_before[i][frozen[i]]):
+            raise RuntimeError(f"mask-learning step wrote a frozen v of sparse weight {i}")
         if torch.equal(opt.state[p]["exp_avg"], m_before[i]) or torch.equal(p, p_before[i]):
             raise RuntimeError(f"mask-learning step left p or m of sparse weight {i} unchanged")
     for i, p in enumerate(opt.param_groups[1]["params"]):
         if torch.equal(opt.state[p]["exp_avg_sq"], dense_v[i]):
             raise RuntimeError(f"mask-learning step did not update v of dense weight {i}")
-    return v_before
+    return [(opt.frozen_v(p), opt.state[p]["exp_avg_sq"].clone()) for p in sparse]
 
 
 def prepare(
@@ -288,14 +290,17 @@ def prepare(
     return pre, mask, frozen_v
 
 
-def check_after_timing(pre: STEP, mask: STEP, frozen_v: list[torch.Tensor]) -> None:
+def check_after_timing(
+    pre: STEP, mask: STEP, frozen_v: list[tuple[torch.Tensor, torch.Tensor]]
+) -> None:
     """The timed steps did what they claim: no switch, an AutoSwitch sample every step,
-    v of the sparse weights never written after the switch."""
+    the frozen v of the sparse weights never written after the switch."""
     if pre.phase != "precondition" or len(pre.autoswitch.history) != pre.t:
         raise RuntimeError("the precondition optimizer switched or skipped samples")
     for i, p in enumerate(mask.param_groups[0]["params"]):
-        if not torch.equal(mask.state[p]["exp_avg_sq"], frozen_v[i]):
-            raise RuntimeError(f"a timed mask-learning step wrote v of sparse weight {i}")
+        frozen, v_before = frozen_v[i]
+        if not torch.equal(mask.state[p]["exp_avg_sq"][frozen], v_before[frozen]):
+            raise RuntimeError(f"a timed mask-learning step wrote a frozen v of weight {i}")
 
 
 # ---------------------------------------------------------------- the run

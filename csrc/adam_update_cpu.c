@@ -185,12 +185,32 @@ VECTOR_CLONES static void update_chunk(const adam_args* a, void* p_ptr, const vo
         } else if (a->update_v) {
             for (int i = 0; i < len; i++) vb[i] = vb[i] * beta2 + omb2 * g[i] * g[i];
         }
-        if (a->guard) { /* a frozen v below the tensor's floor keeps estimating */
+        int any_live = 0; /* the guard: a frozen v below its tensor's floor keeps estimating */
+        if (a->guard) {
+#pragma omp simd reduction(| : any_live)
+            for (int i = 0; i < len; i++) any_live |= vb[i] < floor;
+        }
+        if (any_live) { /* simple loops (they vectorize); blocks without one take the plain loop */
             const float live_bc2 = a->sqrt_bc2_live;
+            /* v = v < floor ? grown : v as a bit blend (branches would not vectorize);
+             * memcpy, not pointer casts, moves floats to bits (strict aliasing) */
+            float grown[BLOCK], bc[BLOCK];
+            uint32_t keep[BLOCK], vbits[BLOCK], gbits[BLOCK], bcbits[BLOCK];
+            uint32_t live_bits, frozen_bits;
+            memcpy(&live_bits, &live_bc2, 4);
+            memcpy(&frozen_bits, &sqrt_bc2, 4);
+            for (int i = 0; i < len; i++) grown[i] = vb[i] * beta2 + omb2 * g[i] * g[i];
+            for (int i = 0; i < len; i++) keep[i] = (uint32_t)0 - (uint32_t)(vb[i] >= floor);
+            memcpy(vbits, vb, (size_t)len * 4);
+            memcpy(gbits, grown, (size_t)len * 4);
             for (int i = 0; i < len; i++) {
-                const int live = vb[i] < floor;
-                if (live) vb[i] = vb[i] * beta2 + omb2 * g[i] * g[i];
-                float denom = sqrtf(vb[i]) / (live ? live_bc2 : sqrt_bc2) + eps;
+                vbits[i] = (vbits[i] & keep[i]) | (gbits[i] & ~keep[i]);
+                bcbits[i] = (frozen_bits & keep[i]) | (live_bits & ~keep[i]);
+            }
+            memcpy(vb, vbits, (size_t)len * 4);
+            memcpy(bc, bcbits, (size_t)len * 4);
+            for (int i = 0; i < len; i++) {
+                float denom = sqrtf(vb[i]) / bc[i] + eps;
                 p[i] = p[i] * decay + step_size * mb[i] / denom;
             }
         } else {

@@ -173,6 +173,15 @@ class STEP(NMAdamW):
                    v_floors=floors if any(floors) else None)  # fmt: skip
         return None
 
+    def frozen_v(self, p: torch.Tensor) -> torch.Tensor:
+        """Where ``p``'s v is frozen now (bool, v's shape): everywhere after the switch but
+        below the guard's floor (those elements still estimate v); nowhere before it."""
+        state = self.state[p]
+        v = state["exp_avg_sq"]
+        if "v_step" not in state:
+            return torch.zeros_like(v, dtype=torch.bool)
+        return v >= state.get("v_floor", 0.0)
+
     def _check_step(self, sparse):
         if self.phase == "mask_learning":
             for p in sparse:
