@@ -23,6 +23,11 @@ _FLAGS = {  # flag -> (config field, type, help)
     "--lr": ("lr", float, "peak learning rate (default: the task's); warm-up then cosine"),
     "--weight-decay": ("weight_decay", float, "AdamW decoupled weight decay (default 0)"),
     "--srste-decay": ("srste_decay", float, "SR-STE lambda_w (default 2e-4)"),
+    "--variance-floor": (
+        "variance_floor",
+        float,
+        "STEP's guard of its frozen v (default 1e-2; 0: off, docs/optim.md)",
+    ),
     "--criterion": ("criterion", str, "AutoSwitch criterion: plateau (default) or paper"),
     "--threshold": ("threshold", float, "AutoSwitch threshold (needed by 'paper')"),
     "--t-min": ("t_min", float, "earliest switch: fraction of steps or a step (default 0.1)"),

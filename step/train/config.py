@@ -13,7 +13,7 @@ from typing import Any
 import tomllib
 
 from ..optim.autoswitch import CRITERIA
-from ..optim.recipes import RECIPES
+from ..optim.recipes import RECIPES, VARIANCE_FLOOR
 from ..tasks import TASKS, task_class
 
 
@@ -31,6 +31,7 @@ class TrainConfig:
     lr: float | None = None  # the task's default
     weight_decay: float = 0.0
     srste_decay: float = 2e-4  # recipes "step" and "srste" (S-STE has no decay term)
+    variance_floor: float = VARIANCE_FLOOR  # STEP's guard of its frozen v (0: off)
     criterion: str = "plateau"  # AutoSwitch criterion for recipe "step"
     threshold: float | None = None  # AutoSwitch threshold ("paper" needs one)
     t_min: float = 0.1  # fraction of steps (< 1) or a step count
@@ -93,7 +94,7 @@ def validate(cfg: TrainConfig) -> TrainConfig:
             _fail(key, value, "a positive integer")
     if cfg.log_every < 1:
         _fail("log_every", cfg.log_every, "a positive integer")
-    for key in ("lr", "weight_decay", "srste_decay", "clip"):
+    for key in ("lr", "weight_decay", "srste_decay", "variance_floor", "clip"):
         value = getattr(cfg, key)
         if value is not None and not (
             isinstance(value, int | float) and math.isfinite(value) and value >= 0

@@ -31,9 +31,11 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module):
     "sste" (S-STE: its scales are fitted from the model's weights here) nothing else."""
     kwargs: dict[str, Any] = dict(lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.recipe == "step":
-        kwargs.update(srste_decay=cfg.srste_decay, autoswitch=AutoSwitch(
+        autoswitch = AutoSwitch(
             t_min=_fraction(cfg.t_min, cfg.steps), t_max=_fraction(cfg.t_max, cfg.steps),
-            window=cfg.window, criterion=cfg.criterion, threshold=cfg.threshold))  # fmt: skip
+            window=cfg.window, criterion=cfg.criterion, threshold=cfg.threshold)  # fmt: skip
+        kwargs.update(srste_decay=cfg.srste_decay, variance_floor=cfg.variance_floor,
+                      autoswitch=autoswitch)  # fmt: skip
     elif cfg.recipe == "srste":
         kwargs.update(srste_decay=cfg.srste_decay)
     elif cfg.recipe == "asp":
