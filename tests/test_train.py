@@ -49,6 +49,29 @@ def test_tiny_run_writes_the_run_directory_and_exports(tmp_path, capsys):
         assert got == pytest.approx(summary["final"]["val_loss"], rel=1e-5)
 
 
+@pytest.mark.parametrize("recipe,news,phases", [
+    ("asp", "ASP: step 8: weights pruned to their N:M magnitude masks", ["dense", "pruned"]),
+    ("step", "AutoSwitch: step ", ["precondition", "mask_learning"]),
+])  # fmt: skip
+def test_a_run_announces_its_phase_change_and_logs_its_phases(recipe, news, phases, tmp_path,
+                                                               capsys):  # fmt: skip
+    """Each recipe's phase as it is (ASP is dense until its prune), and the change said."""
+    cfg = build({}, {"recipe": recipe, "steps": 16, "eval_every": 8, "batch_size": 4,
+                     "log_every": 2, "t_max": 8}).resolved()  # fmt: skip
+    train(cfg, tmp_path / "run")
+    printed = capsys.readouterr()
+    assert news in printed.out + printed.err
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    logged = [r["phase"] for r in rows if "phase" in r]
+    assert logged == sorted(logged, key=phases.index) and set(logged) == set(phases)
+    if recipe == "asp":
+        by_step = {r["step"]: r["phase"] for r in rows if "phase" in r}
+        assert [by_step[t] for t in (2, 6, 8, 10)] == ["dense", "dense", "pruned", "pruned"]
+        assert all(r["flip_rate"] is None for r in rows if "phase" in r)  # a fixed mask
+    plots = json.loads((tmp_path / "run" / "summary.json").read_text())["plots"]
+    assert plots == (["loss.png", "autoswitch.png"] if recipe == "step" else ["loss.png"])
+
+
 def test_resume_continues_bit_exactly(tmp_path, monkeypatch):
     cfg = build({}, {"steps": 12, "eval_every": 6, "batch_size": 4}).resolved()
     train(cfg, tmp_path / "straight", quiet=True)
