@@ -125,21 +125,26 @@ def test_a_compressed_weight_validates_once(counts):
         assert checks == Counter({cw.op: 1}), checks
 
 
-def test_a_frozen_layer_decides_once_per_forward(counts, monkeypatch):
-    """The frozen eval forward asks nothing itself: its op decides, and where that is the
-    reference it multiplies by the layer's pruned weight (bit-equal to the dense layer)."""
+def test_a_frozen_layer_decides_at_most_once_per_forward(counts, monkeypatch):
+    """The frozen eval forward never chooses a backend itself: where only the reference
+    can run (the CPU) it multiplies by its pruned weight without calling the op (a cached
+    question, ``only_reference``); otherwise its op decides, once, and where that is the
+    reference it multiplies by the same pruned weight (bit-equal to the dense layer)."""
     checks, chosen = counts
-    # the layer module binds nothing from dispatch: a choose() there would be a second one
+    # the layer module binds no choose(): a decision there would be a second one
     assert not hasattr(importlib.import_module("step.nn.sparse_module"), "choose")
+    monkeypatch.setattr(dispatch, "choose", lambda *a: pytest.fail("choose outside an op"))
     for dtype, op in ((torch.float32, "nm_linear"), (torch.float16, "sparse24_linear")):
         layer = step.freeze(SparseLinear(64, 32).to(dtype)).eval()
         x = torch.randn(3, 64, dtype=dtype)
-        checks.clear()
-        chosen.clear()
-        y = layer(x)
-        assert chosen == Counter({op: 1}) and checks == Counter({op: 1}), (chosen, checks)
         want = torch.nn.functional.linear(x, layer.weight, layer.bias)
-        assert torch.equal(y, want)
+        for forced, calls in ((None, Counter()), (f"{op}=reference", Counter({op: 1}))):
+            checks.clear()
+            chosen.clear()
+            with step.use_backend(forced):
+                y = layer(x)
+            assert chosen == calls and checks == calls, (forced, chosen, checks)
+            torch.testing.assert_close(y, want, rtol=0, atol=0 if forced is None else 1e-2)
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])

@@ -99,3 +99,15 @@ def test_interpreter_with_a_numpy_it_cannot_run_is_explained(monkeypatch, triton
     if not usable:
         assert f"Triton {triton}'s interpreter cannot run with numpy {numpy}" in status.reason
         assert "triton>=3.7 or numpy<2.4" in status.reason
+
+
+def test_only_reference_says_when_automatic_choice_has_nothing_else():
+    """What a frozen layer asks before calling its op: the CPU has only the reference of
+    the linear ops (Triton runs there only when forced), a C kernel for adam_update."""
+    from step.ops.dispatch import only_reference
+
+    cpu = torch.device("cpu")
+    assert only_reference("nm_linear", cpu) and only_reference("sparse24_linear", cpu)
+    assert not only_reference("adam_update", cpu)
+    with step.use_backend("nm_linear=reference"):  # forced: the op must run, and decide
+        assert not only_reference("nm_linear", cpu) and only_reference("sparse24_linear", cpu)

@@ -12,6 +12,7 @@ import torch
 
 from ..functional import ste_masked, ste_soft
 from ..ops.compressed_weight import CompressedWeight, compress_weight
+from ..ops.dispatch import only_reference
 from .sparsity import ATTRIBUTE, NMSparsity
 
 
@@ -148,14 +149,19 @@ def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     """``x @ W.T + b`` on the compressed weight of a frozen linear-like layer in eval
     mode, or None where the layer should run its usual forward.
 
-    The compressed weight is read where a kernel reads it directly; where only the
-    reference would (it decodes, then multiplies: slower than dense, same result), the
-    op multiplies by the layer's pruned dense weight instead (passed as ``dense``).
+    The compressed weight is read where a kernel reads it directly. Where only the
+    reference can run on ``x``'s device (it decodes, then multiplies: slower than dense,
+    same result) the layer runs its usual forward on its pruned weight without calling
+    the op (a cached question, no decision); elsewhere the op decides, once, and
+    multiplies by the pruned weight (passed as ``dense``) if it picks the reference for
+    this call. A compiled model always runs the op (the choice is not traced).
     """
     if not layer._use_compressed():
         return None
-    dense = layer.sparsity.grouped(layer.weight)
-    return layer.compressed_weight().linear(x, layer.bias, dense)
+    cw = layer.compressed_weight()
+    if not torch.compiler.is_compiling() and only_reference(cw.op, x.device):
+        return None
+    return cw.linear(x, layer.bias, layer.sparsity.grouped(layer.weight))
 
 
 def soft_weight(state: NMSparsity, w: torch.Tensor) -> torch.Tensor:

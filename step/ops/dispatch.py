@@ -360,6 +360,23 @@ def _available_in(
     return backend_status(backend, device).available
 
 
+def only_reference(op: str, device: torch.device) -> bool:
+    """Whether automatic choice can only pick ``op``'s reference on ``device`` (no other
+    implementation available there, none forced): a caller holding the reference's
+    result another way (a frozen layer's dense weight) need not call the op at all.
+    Cheap: cached availability and the parsed forced backend, no arguments looked at."""
+    if forced_backend(op) is not None:
+        return False
+    for backend, impl in _IMPLS.get(op, {}).items():
+        if backend == "reference" or not impl.auto:
+            continue
+        if backend == "triton" and device.type == "cpu":
+            continue  # never chosen automatically there (choose's rule)
+        if _available(backend, device):
+            return False
+    return True
+
+
 def choose(op: str, device: torch.device, *args) -> tuple[str, Callable]:
     """Pick the implementation of ``op`` for tensors on ``device``.
 
