@@ -1,15 +1,13 @@
 """What the fused AdamW kernels share, Triton (``adam_update.py``) and C
 (``csrc/adam_update_cpu.c``, launched by ``step.native.cpu.adam_update``): the flags and
-per-call constants of one ``step::adam_update`` call, its dtype groups, and the dtype
-codes the kernels switch on. Plain PyTorch: importing it never imports Triton.
+per-call constants of one ``step::adam_update`` call, its dtype groups and the guard's
+floors (the dtype codes are ``float_bits.DTYPE_CODES``). Plain PyTorch: importing it
+never imports Triton.
 """
 
 from __future__ import annotations
 
 import torch
-
-DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-"""The ``KIND`` of a parameter's dtype in both fused kernels."""
 
 
 def fused_flags(

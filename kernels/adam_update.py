@@ -21,37 +21,13 @@ import torch
 import triton
 import triton.language as tl
 
-from .adam_fused import DTYPE_CODES, dtype_groups, fused_flags, fused_scalars, guard_floors
-from .float_bits import magnitude_constants
+from .adam_fused import dtype_groups, fused_flags, fused_scalars, guard_floors
+from .float_bits import DTYPE_CODES, magnitude_constants
+from .float_jit import narrow, widen
 from .nm_select import group_block, keep_top_n, magnitude_key
 
 _BITS = {torch.float32: tl.int32, torch.float16: tl.int16, torch.bfloat16: tl.int16}
 _PLAIN_M, _PLAIN_BG = 4, 512  # layout without a mask: 2048 elements per program
-
-
-@triton.jit
-def _widen(bits, KIND: tl.constexpr):
-    """Raw bits (int32 for fp32, int16 for fp16/bf16) -> float32, exactly."""
-    if KIND == 0:
-        return bits.to(tl.float32, bitcast=True)
-    elif KIND == 1:
-        return bits.to(tl.float16, bitcast=True).to(tl.float32)
-    else:
-        return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _narrow(x, KIND: tl.constexpr):
-    """float32 -> raw bits of the param dtype, rounded to nearest even (NaN -> 0x7FC0 for
-    bf16, as PyTorch does)."""
-    if KIND == 0:
-        return x.to(tl.int32, bitcast=True)
-    elif KIND == 1:
-        return x.to(tl.float16).to(tl.int16, bitcast=True)
-    else:
-        u = x.to(tl.uint32, bitcast=True)
-        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-        return tl.where(x != x, 0x7FC0, rounded.to(tl.int32)).to(tl.int16)
 
 
 @triton.jit
@@ -77,8 +53,8 @@ def _adam_kernel(
     offs = groups[:, None] * M + lane[None, :]
     valid = (lane[None, :] < M) & (offs < numel)
     bits = tl.load(p_ptr + offs, mask=valid, other=0)
-    p = _widen(bits, KIND)
-    g = _widen(tl.load(g_ptr + offs, mask=valid, other=0), KIND)
+    p = widen(bits, KIND)
+    g = widen(tl.load(g_ptr + offs, mask=valid, other=0), KIND)
     m = tl.load(m_ptr + offs, mask=valid, other=0.0)
     v = tl.load(v_ptr + offs, mask=valid, other=0.0)
 
@@ -110,7 +86,7 @@ def _adam_kernel(
     else:
         denom = tl.div_rn(tl.sqrt_rn(v), sqrt_bc2) + eps
     p = p + tl.div_rn(step_size * m, denom)
-    tl.store(p_ptr + offs, _narrow(p, KIND), mask=valid)
+    tl.store(p_ptr + offs, narrow(p, KIND), mask=valid)
 
 
 class _Tables:

@@ -14,6 +14,11 @@ MAGNITUDE_BITS = {
 }
 
 
+DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+"""The ``KIND`` code of a float dtype in the kernels that convert raw bits
+(``float_jit.py``, the C optimizer step)."""
+
+
 def bits_view(t: torch.Tensor) -> torch.Tensor:
     """The same memory as integers of the same width (no copy)."""
     return t.view(MAGNITUDE_BITS[t.dtype][0])

@@ -12,34 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .float_bits import bits_view, magnitude_constants
+from .float_bits import DTYPE_CODES, bits_view, magnitude_constants
+from .float_jit import narrow, widen
 from .nm_select import group_block, keep_top_n, magnitude_key
-
-_KIND = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
-
-
-@triton.jit
-def _to_float32(bits, KIND: tl.constexpr):
-    """Raw bits (int32 for fp32, int16 for fp16/bf16) -> float32, exactly."""
-    if KIND == 0:
-        return bits.to(tl.float32, bitcast=True)
-    elif KIND == 1:
-        return bits.to(tl.float16, bitcast=True).to(tl.float32)
-    else:
-        return (bits.to(tl.int32) << 16).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _from_float32(x, KIND: tl.constexpr):
-    """float32 ``x >= 0`` (or NaN) -> raw bits of the dtype, rounded to nearest even."""
-    if KIND == 0:
-        return x.to(tl.int32, bitcast=True)
-    elif KIND == 1:
-        return x.to(tl.float16).to(tl.int16, bitcast=True)
-    else:
-        u = x.to(tl.uint32, bitcast=True)
-        rounded = (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-        return tl.where(x != x, 0x7FC0, rounded.to(tl.int32)).to(tl.int16)
 
 
 @triton.jit
@@ -57,9 +32,9 @@ def _nm_soft_threshold_kernel(
     kept = keep_top_n(key, N, MP)
     # the threshold: the largest key of the pruned (padding lanes have key -1)
     t_key = tl.max(tl.where(kept, -1, key), axis=1)
-    t = _to_float32(t_key.to(bits.dtype), KIND)
+    t = widen(t_key.to(bits.dtype), KIND)
     magnitude = (bits & ABS_MASK).to(bits.dtype)
-    shrunk = _from_float32(_to_float32(magnitude, KIND) - t[:, None], KIND)
+    shrunk = narrow(widen(magnitude, KIND) - t[:, None], KIND)
     sign = bits ^ magnitude
     signed = ((shrunk & ABS_MASK).to(bits.dtype) | sign).to(bits.dtype)
     out = tl.where(kept, signed, tl.zeros_like(signed))
@@ -79,6 +54,6 @@ def nm_soft_threshold_triton(w: torch.Tensor, n: int, m: int) -> tuple[torch.Ten
         abs_mask, inf_bits = magnitude_constants(w.dtype)
         _nm_soft_threshold_kernel[(triton.cdiv(n_groups, bg),)](
             bits_view(w), bits_view(soft), mask, n_groups,
-            N=n, M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits, KIND=_KIND[w.dtype],
+            N=n, M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits, KIND=DTYPE_CODES[w.dtype],
         )  # fmt: skip
     return soft, mask.view(torch.bool)

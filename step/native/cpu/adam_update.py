@@ -17,13 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from ...kernels.adam_fused import (
-    DTYPE_CODES,
-    dtype_groups,
-    fused_flags,
-    fused_scalars,
-    guard_floors,
-)
+from ...kernels.adam_fused import dtype_groups, fused_flags, fused_scalars, guard_floors
+from ...kernels.float_bits import DTYPE_CODES
 from ...ops.dispatch import register
 from .loader import load_library
 
