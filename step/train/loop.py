@@ -84,18 +84,24 @@ def _state(model, opt, sched, flips, t: int) -> dict[str, Any]:
     return state
 
 
-def _restore(state: dict[str, Any], model, opt, sched, flips, where: Path) -> int:
-    """Load a checkpoint's ``state`` into the run's fresh objects; the step it was taken
-    at. A state that does not fit the run's configuration (an edited ``config.json``, a
-    copied checkpoint) is a :class:`~.checkpoint.CheckpointError` naming both."""
+def load_trained_state(state: dict[str, Any], model, opt, where: str, fix: str = "") -> None:
+    """Load a checkpoint's model and optimizer state into a run's fresh objects (the
+    optimizer's state sets the layers' modes: phase, ASP masks). A state that does not
+    fit the run's configuration (an edited ``config.json``, a copied checkpoint) is a
+    :class:`~.checkpoint.CheckpointError`: ``where``, the cause, then ``fix``."""
     try:
         model.load_state_dict(state["model"])  # RuntimeError: missing keys, other shapes
         opt.load_state_dict(state["optimizer"])  # ValueError: another recipe or model
     except (RuntimeError, ValueError) as e:
-        raise checkpoint.CheckpointError(
-            f"{where} does not fit the run configured in its config.json: {e}. Resume it "
-            "with the configuration it was saved with, or start a new run"
-        ) from None
+        raise checkpoint.CheckpointError(f"{where}: {e}{fix}") from None
+
+
+def _restore(state: dict[str, Any], model, opt, sched, flips, where: Path) -> int:
+    """Load a checkpoint's ``state`` into the run's fresh objects; the step it was taken
+    at."""
+    load_trained_state(state, model, opt, f"{where} does not fit the run configured in its "
+                       "config.json", ". Resume it with the configuration it was saved with, "
+                       "or start a new run")  # fmt: skip
     sched.load_state_dict(state["schedule"])
     _set_last_masks(model, state.get("last_masks", {}))  # absent: saved before flip rates
     flips.load_state_dict(state.get("flips", {}))

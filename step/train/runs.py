@@ -30,7 +30,7 @@ from ..ops.dispatch import check_device
 from ..tasks import MissingDataError, Task, make_task
 from . import checkpoint
 from .config import ConfigError, TrainConfig, load_saved
-from .loop import make_optimizer
+from .loop import load_trained_state, make_optimizer
 
 PARTS = ("export/compressed", "export/dense", "export", "checkpoint")
 """The parts of a run directory :func:`load_run` takes besides the directory itself;
@@ -134,14 +134,9 @@ def _from_checkpoint(where: RunPath, device: torch.device) -> nn.Module:
     task, model = _build(cfg)
     step_nn.sparsify(model, n=cfg.n, m=cfg.m, exclude=task.dense_layers)
     model.to(device)
-    opt = make_optimizer(cfg, model)  # its state sets the layers' modes (phase, ASP masks)
-    try:
-        model.load_state_dict(state["model"])  # RuntimeError: missing keys, other shapes
-        opt.load_state_dict(state["optimizer"])  # ValueError: another recipe or model
-    except (RuntimeError, ValueError) as e:
-        raise checkpoint.CheckpointError(
-            f"{directory} does not fit the run configured in {where.run_dir / 'config.json'}: {e}"
-        ) from None
+    opt = make_optimizer(cfg, model)
+    load_trained_state(state, model, opt, f"{directory} does not fit the run configured in "
+                       f"{where.run_dir / 'config.json'}")  # fmt: skip
     if cfg.recipe != "dense":
         step_nn.freeze(model)  # what the run ships: exact N:M, compressed inference
     return model.eval()
