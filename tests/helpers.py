@@ -75,3 +75,19 @@ def nm_linear_fp64(x, c, b):
 
     dense = step.nm_decompress(c).double()
     return F.linear(x.double(), dense, b.double() if b is not None else None)
+
+
+def interrupted_at(monkeypatch, task_cls, step: int, run) -> None:
+    """Call ``run()`` with ``task_cls.train_batch`` raising ``KeyboardInterrupt`` when asked
+    for ``step`` (a run killed there), expect it to stop so, and restore the task."""
+    original = task_cls.train_batch
+
+    def interrupted(self, t):
+        if t == step:
+            raise KeyboardInterrupt
+        return original(self, t)
+
+    monkeypatch.setattr(task_cls, "train_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    monkeypatch.setattr(task_cls, "train_batch", original)

@@ -8,6 +8,7 @@ import json
 
 import pytest
 import torch
+from helpers import interrupted_at
 
 import step
 from step.nn import FlipRate, NMSparsity, SparseLinear
@@ -111,17 +112,8 @@ def test_a_run_logs_flip_rates_and_resumes_them_exactly(tmp_path, monkeypatch):
     cfg = build({}, {"steps": 10, "eval_every": 5, "log_every": 3, "batch_size": 4,
                      "recipe": "srste"}).resolved()  # fmt: skip
     train(cfg, tmp_path / "straight", quiet=True)
-    original = Shakespeare.train_batch
-
-    def interrupted(self, t):
-        if t == 6:  # right after the checkpoint of step 5, between two log steps
-            raise KeyboardInterrupt
-        return original(self, t)
-
-    monkeypatch.setattr(Shakespeare, "train_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Shakespeare, "train_batch", original)
+    # killed right after the checkpoint of step 5, between two log steps
+    interrupted_at(monkeypatch, Shakespeare, 6, lambda: train(cfg, tmp_path / "cut", quiet=True))
     train(cfg, tmp_path / "cut", resume=True, quiet=True)
     straight, cut = _rows(tmp_path / "straight"), _rows(tmp_path / "cut")
     assert straight == cut

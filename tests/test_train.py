@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import interrupted_at
 from safetensors.torch import load_file
 
 import step
@@ -75,17 +76,8 @@ def test_a_run_announces_its_phase_change_and_logs_its_phases(recipe, news, phas
 def test_resume_continues_bit_exactly(tmp_path, monkeypatch):
     cfg = build({}, {"steps": 12, "eval_every": 6, "batch_size": 4}).resolved()
     train(cfg, tmp_path / "straight", quiet=True)
-    original = Shakespeare.train_batch
-
-    def interrupted(self, t):
-        if t == 7:  # right after the checkpoint of step 6
-            raise KeyboardInterrupt
-        return original(self, t)
-
-    monkeypatch.setattr(Shakespeare, "train_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, tmp_path / "cut", quiet=True)
-    monkeypatch.setattr(Shakespeare, "train_batch", original)
+    # killed right after the checkpoint of step 6
+    interrupted_at(monkeypatch, Shakespeare, 7, lambda: train(cfg, tmp_path / "cut", quiet=True))
     assert main(["train", "--resume", str(tmp_path / "cut"), "--quiet"]) == 0
     a = load_file(tmp_path / "straight" / "checkpoint" / "state.safetensors")
     b = load_file(tmp_path / "cut" / "checkpoint" / "state.safetensors")

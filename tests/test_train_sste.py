@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from helpers import interrupted_at
 from test_checkpoint_faults import TinyTask
 
 import step
@@ -57,17 +58,8 @@ def test_compare_includes_sste(tiny, tmp_path, capsys):
 def test_sste_resumes_bit_exactly(tiny, tmp_path, monkeypatch):
     straight, cut = tmp_path / "straight", tmp_path / "cut"
     assert main(["train", *TINY, "--recipe", "sste", "--out", str(straight)]) == 0
-    original = TinyTask.train_batch
-
-    def interrupted(self, t):
-        if t == 4:  # right after the checkpoint of step 3
-            raise KeyboardInterrupt
-        return original(self, t)
-
-    monkeypatch.setattr(TinyTask, "train_batch", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        main(["train", *TINY, "--recipe", "sste", "--out", str(cut)])
-    monkeypatch.setattr(TinyTask, "train_batch", original)
+    run = ["train", *TINY, "--recipe", "sste", "--out", str(cut)]
+    interrupted_at(monkeypatch, TinyTask, 4, lambda: main(run))  # after the step-3 checkpoint
     assert main(["train", "--resume", str(cut), "--quiet"]) == 0
     a, b = checkpoint.load(straight / "checkpoint"), checkpoint.load(cut / "checkpoint")
     assert a["optimizer"]["state"]["recipe"] == b["optimizer"]["state"]["recipe"]
