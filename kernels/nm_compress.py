@@ -9,9 +9,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .float_bits import bits_view, magnitude_constants
+from .float_bits import bits_view
 from .nm_select import (
     group_block,
+    group_launch,
     keep_top_n,
     kept_slot,
     magnitude_key,
@@ -62,15 +63,10 @@ def nm_compress_triton(w: torch.Tensor, n: int, m: int) -> tuple[torch.Tensor, t
     out_shape = (*w.shape[:-1], w.shape[-1] // m * n)
     values = torch.empty(out_shape, dtype=w.dtype, device=w.device)
     indices = torch.empty(out_shape, dtype=torch.uint8, device=w.device)
-    n_groups = w.numel() // m
-    if n_groups:
-        mp = triton.next_power_of_2(m)
-        bg = group_block(mp)
-        abs_mask, inf_bits = magnitude_constants(w.dtype)
-        _nm_compress_kernel[(triton.cdiv(n_groups, bg),)](
-            bits_view(w), bits_view(values), indices, n_groups,
-            N=n, M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits,
-        )  # fmt: skip
+    launch = group_launch(w, m)
+    if launch is not None:
+        grid, layout = launch
+        _nm_compress_kernel[grid](bits_view(w), bits_view(values), indices, N=n, **layout)
     return values, indices
 
 

@@ -7,8 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .float_bits import bits_view, magnitude_constants
-from .nm_select import group_block, keep_top_n, magnitude_key
+from .float_bits import bits_view
+from .nm_select import group_launch, keep_top_n, magnitude_key
 
 
 @triton.jit
@@ -29,13 +29,8 @@ def _nm_mask_kernel(
 def nm_mask_triton(w: torch.Tensor, n: int, m: int) -> torch.Tensor:
     """``w`` contiguous [..., K] fp32/fp16/bf16, K % m == 0 -> bool mask of ``w``'s shape."""
     out = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-    n_groups = w.numel() // m
-    if n_groups:
-        mp = triton.next_power_of_2(m)
-        bg = group_block(mp)
-        abs_mask, inf_bits = magnitude_constants(w.dtype)
-        _nm_mask_kernel[(triton.cdiv(n_groups, bg),)](
-            bits_view(w), out, n_groups,
-            N=n, M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits,
-        )  # fmt: skip
+    launch = group_launch(w, m)
+    if launch is not None:
+        grid, layout = launch
+        _nm_mask_kernel[grid](bits_view(w), out, N=n, **layout)
     return out.view(torch.bool)

@@ -7,14 +7,31 @@ sign bit gives an integer whose order is the order of ``|w|``; clamping it at th
 pattern of +inf makes NaN tie with inf, exactly like the reference's ``nan -> inf`` rule.
 """
 
+import torch
 import triton
 import triton.language as tl
+
+from .float_bits import magnitude_constants
 
 
 def group_block(mp: int, budget: int = 2048) -> int:
     """Groups per program: ``budget`` elements of ``[groups, mp]`` per program of 4 warps
     (``mp``: elements per group, a power of two)."""
     return max(1, budget // mp)
+
+
+def group_launch(w: torch.Tensor, m: int) -> tuple[tuple[int], dict] | None:
+    """The grid and layout constants of a kernel ranking the groups of ``m`` along the
+    last dim of ``w`` (``M``, ``MP``, ``BG``, ``ABS_MASK``, ``INF_BITS``, and the group
+    count as ``n_groups``), or None for an empty ``w``."""
+    n_groups = w.numel() // m
+    if not n_groups:
+        return None
+    mp = triton.next_power_of_2(m)
+    bg = group_block(mp)
+    abs_mask, inf_bits = magnitude_constants(w.dtype)
+    layout = dict(M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits)
+    return (triton.cdiv(n_groups, bg),), {"n_groups": n_groups, **layout}
 
 
 @triton.jit

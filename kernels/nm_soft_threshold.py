@@ -12,9 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .float_bits import DTYPE_CODES, bits_view, magnitude_constants
+from .float_bits import DTYPE_CODES, bits_view
 from .float_jit import narrow, widen
-from .nm_select import group_block, keep_top_n, magnitude_key
+from .nm_select import group_launch, keep_top_n, magnitude_key
 
 
 @triton.jit
@@ -47,13 +47,9 @@ def nm_soft_threshold_triton(w: torch.Tensor, n: int, m: int) -> tuple[torch.Ten
     ``w``'s dtype, mask bool, both of ``w``'s shape."""
     soft = torch.empty_like(w, memory_format=torch.contiguous_format)
     mask = torch.empty(w.shape, dtype=torch.int8, device=w.device)
-    n_groups = w.numel() // m
-    if n_groups:
-        mp = triton.next_power_of_2(m)
-        bg = group_block(mp)
-        abs_mask, inf_bits = magnitude_constants(w.dtype)
-        _nm_soft_threshold_kernel[(triton.cdiv(n_groups, bg),)](
-            bits_view(w), bits_view(soft), mask, n_groups,
-            N=n, M=m, MP=mp, BG=bg, ABS_MASK=abs_mask, INF_BITS=inf_bits, KIND=DTYPE_CODES[w.dtype],
-        )  # fmt: skip
+    launch = group_launch(w, m)
+    if launch is not None:
+        grid, layout = launch
+        _nm_soft_threshold_kernel[grid](bits_view(w), bits_view(soft), mask, N=n, **layout,
+                                        KIND=DTYPE_CODES[w.dtype])  # fmt: skip
     return soft, mask.view(torch.bool)
