@@ -317,6 +317,15 @@ def test_non_contiguous_tensors_are_updated_through_copies(backend):
         dict(update_v=True, srste_decay=0.0, n=0, m=0, want_z=True, weight_decay=0.1),
         dict(update_v=False, srste_decay=2e-4, n=2, m=4, want_z=False, weight_decay=0.1),
         dict(update_v=False, srste_decay=0.5, n=3, m=5, want_z=False, weight_decay=0.0),
+        dict(
+            update_v=False,
+            srste_decay=2e-4,
+            n=2,
+            m=4,
+            want_z=False,
+            weight_decay=0.1,
+            v_floors=[0.005, 0.0, 0.02, 0.01],
+        ),  # the guard: half, none, all, half guarded
     ],
 )
 def test_gpu_millions_of_elements(device, dtype, mode):
