@@ -13,9 +13,6 @@ from .plan import record_plan
 from .sparse_module import SparseWeightMixin
 from .sparsity import sparsity_of
 
-PENDING_MASKS = "pending_masks"
-"""Attribute of a weight's :class:`~step.nn.NMSparsity` set by :func:`mark_pending_masks`."""
-
 
 def mark_pending_masks(param: torch.Tensor, why: Callable[[], str | None]) -> None:
     """Record that an optimizer is to learn ``param``'s mask later.
@@ -28,14 +25,14 @@ def mark_pending_masks(param: torch.Tensor, why: Callable[[], str | None]) -> No
     sparsity = sparsity_of(param)
     if sparsity is None:
         raise ValueError(f"a parameter of shape {tuple(param.shape)} has no N:M sparsity to mark")
-    setattr(sparsity, PENDING_MASKS, why)
+    sparsity.pending_masks = why
 
 
 def _warn_pending(layers: list[SparseWeightMixin]) -> None:
     """One ``UserWarning`` if an optimizer has still to learn some layers' masks."""
     reasons = []
     for layer in layers:
-        why = getattr(layer.sparsity, PENDING_MASKS, None)
+        why = layer.sparsity.pending_masks
         if layer.sparsity.mode == "dense" and why is not None:
             reason = why()
             if reason is not None:

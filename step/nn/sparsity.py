@@ -14,6 +14,7 @@ which is where every ``step`` op expects the groups.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -43,6 +44,8 @@ class NMSparsity:
     axis: int = -1
     beta: float | None = None  # mode "soft": S-STE's fixed scale, set by the optimizer
     _cache: tuple | None = field(default=None, repr=False, compare=False)
+    # step.nn.freeze.mark_pending_masks: why the mask is not learned yet (None once it is)
+    pending_masks: Callable[[], str | None] | None = field(default=None, repr=False, compare=False)
     # the flip-rate counters (:meth:`flip_counts`): the last mask a forward pass computed,
     # and running totals of entries changed (a 0-d tensor: no sync per step) and compared
     last_mask: torch.Tensor | None = field(default=None, repr=False, compare=False)
