@@ -143,6 +143,7 @@ def test_continuous_where_the_hard_mask_jumps():
     assert (sa - sb).abs().max() < 2e-3
 
 
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # inf - inf
 @settings(max_examples=30, deadline=None)
 @given(weights_and_ratio())
 def test_property_rule_and_backends_agree(case):
