@@ -363,7 +363,8 @@ def test_deadline_keeps_the_junit_and_the_summary(tmp_path: Path) -> None:
     plan = GpuTestPlan((str(module),), workers=0, test_timeout=0, grace_s=8.0)
     report = run_tests(plan, session.stage, child_env(tmp_path / "work"), seconds=25.0)
     assert report.deadline_hit and report.seconds < 25.0 + 1.0
-    assert report.junit == "pytest"  # pytest wrote it on SIGINT
+    log = (session.stage / "logs" / "gpu-tests.log").read_text()
+    assert report.junit == "pytest", log[-3000:]  # pytest wrote it on SIGINT
     assert report.passed == 1 and report.planned == 2
     session.tests = report
     session.problems += gpu_tests.tests_problems(report)

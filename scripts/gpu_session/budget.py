@@ -68,8 +68,9 @@ def run_until(
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
+            cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_hear_sigint,
+        )  # fmt: skip
         deadline_hit = False
         try:
             proc.wait(timeout=max(seconds, 0.0))
@@ -85,6 +86,14 @@ def run_until(
         if deadline_hit:
             out.write(f"\n[gpu_session] deadline: stopped after {seconds:.0f} s\n".encode())
     return Finished(proc.returncode, time.monotonic() - start, deadline_hit)
+
+
+def _hear_sigint() -> None:
+    """In the child before exec: SIGINT back to its default disposition. A shell without
+    job control starts background commands with SIGINT ignored, and an ignored signal
+    stays ignored across exec (Python then installs no KeyboardInterrupt handler), so the
+    deadline's SIGINT would go unheard and pytest write no junit before the SIGKILL."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
