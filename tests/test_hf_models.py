@@ -152,3 +152,14 @@ def test_fp16_compressed_gpt2_is_about_56_percent(tmp_path):
     for _name, nm, layout, dense_bytes, stored in report.layers:
         assert nm == "2:4" and layout == "cutlass_2to4"
         assert stored / dense_bytes == pytest.approx(0.5625)
+
+
+@pytest.mark.parametrize("beta", [None, 0.0, -1.0, float("nan"), "1"])
+def test_a_soft_plan_without_a_usable_beta_is_refused(beta):
+    model = step.sparsify(gpt2())
+    plan = step.nn.sparsity_plan(model)
+    for spec in plan["layers"].values():
+        spec["mode"] = "soft"
+        spec["beta"] = beta
+    with pytest.raises(ValueError, match="mode 'soft' but its beta is"):
+        step.restore_sparsity(gpt2(), plan)

@@ -270,3 +270,18 @@ def test_conv1d_ste_runs_the_fused_op_on_its_transposed_weight(backend):
     dy = 2 * y.detach()
     torch.testing.assert_close(layer.weight.grad, x.detach().t() @ dy)  # STE: dense grad
     torch.testing.assert_close(x.grad, dy @ torch.where(mask, layer.weight, 0).detach().t())
+
+
+def test_a_frozen_weight_changed_after_freeze_is_not_multiplied_unpruned(monkeypatch):
+    """The op gets the layer's weight as ``dense`` only while it is as freeze pruned it; a
+    weight loaded or updated since runs on the compressed copy, rebuilt from the mask."""
+    import step.nn.sparse_module as sparse_module
+
+    monkeypatch.setattr(sparse_module, "only_reference", lambda op, device: False)  # a GPU's
+    layer = step.freeze(SparseLinear(16, 8)).eval()
+    mask = layer.sparsity.mask.clone()
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(8, 16))  # unpruned entries where the mask prunes
+    x = torch.randn(3, 16)
+    want = torch.nn.functional.linear(x, torch.where(mask, layer.weight, 0), layer.bias)
+    torch.testing.assert_close(layer(x), want)

@@ -153,3 +153,22 @@ def test_bad_variance_floor_is_refused(bad):
     layer = SparseLinear(8, 4)
     with pytest.raises((TypeError, ValueError), match="variance_floor"):
         step.optim.STEP(layer.parameters(), variance_floor=bad)
+
+
+def test_a_tensor_without_any_gradient_before_the_switch_is_guarded():
+    """Its mean v* is 0, so its own floor would be 0: it takes the sparse tensors' common
+    floor instead, and its first gradients after the switch take AdamW-sized steps."""
+    torch.manual_seed(0)
+    seen, unseen = SparseLinear(16, 8), SparseLinear(16, 8)
+    opt = step.optim.STEP([*seen.parameters(), *unseen.parameters()], lr=1e-3, autoswitch=5)
+    start = unseen.weight.detach().clone()
+    for t in range(12):
+        x = torch.randn(4, 16)
+        loss = seen(x).square().mean() + (unseen(x).square().mean() if t >= 5 else 0.0)
+        loss.backward()
+        if unseen.weight.grad is None:  # zero, not None: it is updated with v staying 0
+            unseen.weight.grad = torch.zeros_like(unseen.weight)
+        opt.step()
+        opt.zero_grad()
+    assert opt.state[unseen.weight]["v_floor"] > 0
+    assert (unseen.weight.detach() - start).abs().max() < 0.1  # 7 steps of lr 1e-3, not 7e5

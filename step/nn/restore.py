@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import nn
@@ -35,8 +36,12 @@ def restore_sparsity(model: nn.Module, plan: dict[str, Any] | None = None) -> nn
         elif mode in ("dense", "ste"):
             layer.sparsity.set_mode(mode)
         elif mode == "soft":  # S-STE mid-training: its scale is in the plan
+            beta = spec.get("beta")
+            if not (isinstance(beta, int | float) and math.isfinite(beta) and beta > 0):
+                raise ValueError(f"sparsity plan: layer {name!r} is in mode 'soft' but its "
+                                 f"beta is {beta!r}; it must be a finite number > 0")  # fmt: skip
             layer.sparsity.set_mode(mode)
-            layer.sparsity.beta = spec.get("beta")
+            layer.sparsity.beta = float(beta)
         else:
             raise ValueError(f"sparsity plan: layer {name!r} has unknown mode {mode!r}")
     if plan.get("frozen"):

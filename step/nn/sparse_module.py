@@ -161,7 +161,14 @@ def compressed_forward(layer, x: torch.Tensor) -> torch.Tensor | None:
     cw = layer.compressed_weight()
     if not torch.compiler.is_compiling() and only_reference(cw.op, x.device):
         return None
-    return cw.linear(x, layer.bias, layer.sparsity.grouped(layer.weight))
+    # the weight is that dense only while it is as freeze pruned it (a later load or
+    # update leaves entries the compressed copy, rebuilt from the mask, does not have);
+    # a traced model cannot ask (no version counters): it masks, which the graph fuses
+    if torch.compiler.is_compiling():
+        dense = layer.sparse_weight()
+    else:
+        dense = layer.weight if layer._pruned_key == layer._weight_key() else None
+    return cw.linear(x, layer.bias, None if dense is None else layer.sparsity.grouped(dense))
 
 
 def soft_weight(state: NMSparsity, w: torch.Tensor) -> torch.Tensor:

@@ -62,6 +62,8 @@ class NMSparsity:
         if (mode == "fixed") != (mask is not None):
             raise ValueError("mode 'fixed' needs a mask, and only it takes one")
         self.mode, self.mask = mode, mask
+        if mode == "fixed":
+            self.last_mask = None  # a fixed mask never flips: the comparison's mask can go
 
     def grouped(self, w: torch.Tensor) -> torch.Tensor:
         """``w`` (the weight as stored) as a view with the grouping axis last."""
@@ -139,8 +141,10 @@ class NMSparsity:
 
     def _count_flips(self, mask: torch.Tensor) -> None:
         last = self.last_mask
+        if last is not None and last.shape != mask.shape:
+            return  # another view of the weight (an FSDP2 shard's in the optimizer): not a step
         self.last_mask = mask  # a bool mask: no autograd history to drop
-        if torch.compiler.is_compiling() or last is None or last.shape != mask.shape:
+        if torch.compiler.is_compiling() or last is None:
             return
         if last.device != mask.device:
             last = last.to(mask.device)

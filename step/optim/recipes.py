@@ -86,7 +86,10 @@ their tensor's mean v* keep estimating v (docs/optim.md, "The variance guard")."
 
 def _variance_floors(opt: NMAdamW, params: list[torch.Tensor], fraction: float) -> list[float]:
     """``fraction`` times each tensor's mean v (over all ranks' elements), as float32
-    values (all backends compare v with the same floor)."""
+    values (all backends compare v with the same floor). A tensor that saw no gradient at
+    all (mean v 0: an expert never routed to, a zero-initialised branch) takes the floor
+    of all the sparse tensors together, or the smallest normal float32 if none saw any,
+    so its zeros keep estimating instead of dividing by eps."""
     sums = torch.stack([
         torch.stack([opt.state[p]["exp_avg_sq"].double().sum(),
                      torch.tensor(float(opt.state[p]["exp_avg_sq"].numel()), dtype=torch.float64,
@@ -96,7 +99,14 @@ def _variance_floors(opt: NMAdamW, params: list[torch.Tensor], fraction: float) 
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(sums)  # sharded (FSDP2) or replicated (DDP): same mean
     means = (sums[:, 0] / sums[:, 1].clamp(min=1)).tolist()
-    return [float(torch.tensor(fraction * mean, dtype=torch.float32)) for mean in means]
+    total = sums.sum(0)
+    overall = (total[0] / total[1].clamp(min=1)).item()
+    tiny = torch.finfo(torch.float32).tiny
+    floors = []
+    for mean in means:
+        floor = float(torch.tensor(fraction * (mean or overall), dtype=torch.float32))
+        floors.append(floor if floor > 0 else tiny)
+    return floors
 
 
 class STEP(NMAdamW):

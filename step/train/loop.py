@@ -92,7 +92,7 @@ def load_trained_state(state: dict[str, Any], model, opt, where: str, fix: str =
     try:
         model.load_state_dict(state["model"])  # RuntimeError: missing keys, other shapes
         opt.load_state_dict(state["optimizer"])  # ValueError: another recipe or model
-    except (RuntimeError, ValueError) as e:
+    except (RuntimeError, ValueError, TypeError) as e:  # TypeError: a state value's kind
         raise checkpoint.CheckpointError(f"{where}: {e}{fix}") from None
 
 
