@@ -25,8 +25,8 @@ def widen(bits, KIND: tl.constexpr):
 
 @triton.jit
 def narrow(x, KIND: tl.constexpr):
-    """float32 -> raw bits of the dtype, rounded to nearest even (NaN -> 0x7FC0 for bf16,
-    as PyTorch writes it)."""
+    """float32 -> raw bits of the dtype, rounded to nearest even (a NaN becomes the quiet
+    NaN 0x7FC0 in bf16; PyTorch's own conversion may keep another NaN payload)."""
     if KIND == 0:
         return x.to(tl.int32, bitcast=True)
     elif KIND == 1:
