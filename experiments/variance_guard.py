@@ -14,7 +14,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from step.optim.recipes import STEP
+from step.optim.step_recipe import STEP
 from step.train.config import build
 from step.train.loop import train
 

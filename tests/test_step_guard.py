@@ -12,7 +12,7 @@ from helpers import assert_bits_equal
 
 import step
 from step.nn import SparseLinear
-from step.optim.recipes import VARIANCE_FLOOR
+from step.optim.step_recipe import VARIANCE_FLOOR
 
 SWITCH, AFTER = 200, 500
 

@@ -13,7 +13,8 @@ from typing import Any
 import tomllib
 
 from ..optim.autoswitch import CRITERIA
-from ..optim.recipes import RECIPES, VARIANCE_FLOOR
+from ..optim.recipes import RECIPES
+from ..optim.step_recipe import VARIANCE_FLOOR
 from ..tasks import TASKS, task_class
 
 
