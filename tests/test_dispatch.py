@@ -85,16 +85,16 @@ def test_triton_on_cpu_without_the_interpreter_is_explained(monkeypatch):
 def test_interpreter_with_a_numpy_it_cannot_run_is_explained(monkeypatch, triton, numpy, usable):
     """Triton < 3.7's interpreter fails with numpy >= 2.4 inside every runtime-bound loop:
     the backend says so (and what to install) instead of failing deep in a kernel."""
-    from step.ops import dispatch
+    from step.ops import availability
 
     versions = {"triton": triton, "numpy": numpy}
-    monkeypatch.setattr(dispatch.importlib.metadata, "version", versions.__getitem__)
+    monkeypatch.setattr(availability.importlib.metadata, "version", versions.__getitem__)
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    dispatch._interpreter_problem.cache_clear()
+    availability._interpreter_problem.cache_clear()
     try:
-        status = dispatch.backend_status("triton", "cpu")
+        status = availability.backend_status("triton", "cpu")
     finally:
-        dispatch._interpreter_problem.cache_clear()
+        availability._interpreter_problem.cache_clear()
     assert status.available == usable, status.reason
     if not usable:
         assert f"Triton {triton}'s interpreter cannot run with numpy {numpy}" in status.reason
