@@ -42,20 +42,30 @@ class FlipRate:
         self._states: list[tuple[str, NMSparsity]] = [
             (name, state) for name, p in named if (state := sparsity_of(p)) is not None
         ]
-        self._seen = {name: self._counts(state) for name, state in self._states}
+        self._seen = dict(self._counts())
 
-    @staticmethod
-    def _counts(state: NMSparsity) -> tuple[int, int]:
-        flipped, compared = state.flip_counts()
-        return (0 if flipped is None else int(flipped.item())), compared
+    def _counts(self) -> list[tuple[str, tuple[int, int]]]:
+        """Every layer's running ``(flipped, compared)``, with one host sync per device
+        the counters live on (not one per layer)."""
+        totals = [state.flip_counts() for _, state in self._states]
+        by_device: dict[torch.device, list[int]] = {}
+        for i, (flipped, _) in enumerate(totals):
+            if flipped is not None:
+                by_device.setdefault(flipped.device, []).append(i)
+        flipped_host = [0] * len(totals)
+        for indices in by_device.values():
+            values = torch.stack([totals[i][0] for i in indices]).tolist()
+            for i, value in zip(indices, values, strict=True):
+                flipped_host[i] = int(value)
+        return [(name, (flipped_host[i], totals[i][1]))
+                for i, (name, _) in enumerate(self._states)]  # fmt: skip
 
     def read(self) -> FlipReading:
-        """The rates since the previous :meth:`read` (or construction). One host sync
-        per sparse weight: read it at logging intervals, not every step."""
+        """The rates since the previous :meth:`read` (or construction). A host sync:
+        read it at logging intervals, not every step."""
         layers: dict[str, float | None] = {}
         total_flipped = total_compared = 0
-        for name, state in self._states:
-            flipped, compared = self._counts(state)
+        for name, (flipped, compared) in self._counts():
             before_flipped, before_compared = self._seen[name]
             self._seen[name] = (flipped, compared)
             d_flipped, d_compared = flipped - before_flipped, compared - before_compared
@@ -70,15 +80,13 @@ class FlipRate:
         same mask updates as an uninterrupted run's (the layers' last masks are saved
         with the model's state by the caller: ``NMSparsity.last_mask``)."""
         pending = {}
-        for name, state in self._states:
-            flipped, compared = self._counts(state)
+        for name, (flipped, compared) in self._counts():
             seen_flipped, seen_compared = self._seen[name]
             pending[name] = [flipped - seen_flipped, compared - seen_compared]
         return pending
 
     def load_state_dict(self, state: dict[str, list[int]]) -> None:
         """Count the pending updates of :meth:`state_dict` into the next reading."""
-        for name, sparsity in self._states:
-            flipped, compared = self._counts(sparsity)
+        for name, (flipped, compared) in self._counts():
             pending_flipped, pending_compared = state.get(name, (0, 0))
             self._seen[name] = (flipped - pending_flipped, compared - pending_compared)
