@@ -16,13 +16,22 @@ import pytest  # noqa: E402
 
 from step.ops.dispatch import backend_status  # noqa: E402
 
-HAS_GPU = torch.cuda.is_available() and backend_status("triton", "cuda").available
+_TRITON_ON_GPU = backend_status("triton", "cuda") if torch.cuda.is_available() else None
+HAS_GPU = _TRITON_ON_GPU is not None and _TRITON_ON_GPU.available
+
+
+def _gpu_skip_reason() -> str:
+    # On a machine with a GPU, say why it cannot run the kernels (an old GPU, or a Triton
+    # that failed to load) instead of a reason that would hide the failure.
+    if _TRITON_ON_GPU is None:
+        return "needs a CUDA GPU with compute capability >= 8.0"
+    return f"a CUDA GPU is present but cannot run the kernels: {_TRITON_ON_GPU.reason}"
 
 
 def pytest_collection_modifyitems(config, items):
     if HAS_GPU:
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU with compute capability >= 8.0")
+    skip = pytest.mark.skip(reason=_gpu_skip_reason())
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
