@@ -321,6 +321,21 @@ class TestFreezeWarns:
         assert "after 5 steps" in message and "cannot decide before step 2000" in message
         assert rec[0].filename == __file__  # points at the caller's line
 
+    def test_export_warns_too(self, tmp_path):
+        model = sparse_model()
+        opt = step.optim.STEP(model.parameters(), lr=1e-3, total_steps=100)
+        train_steps(model, opt, 3)
+        match = r"^step\.export: 2 of 2 sparse layers .* step 50"
+        with pytest.warns(UserWarning, match=match) as rec:
+            step.export(model, tmp_path / "out")
+        assert rec[0].filename == __file__
+        assert (tmp_path / "out" / "model.safetensors").is_file()  # warned, still written
+        opt = step.optim.STEP(model.parameters(), lr=1e-3, total_steps=4)
+        train_steps(model, opt, 4)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            step.export(model, tmp_path / "after")  # switched: no warning
+
     def test_before_t_max_says_when_it_will_switch(self):
         model = sparse_model()
         opt = step.optim.STEP(model.parameters(), lr=1e-3, total_steps=100)

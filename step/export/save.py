@@ -13,7 +13,9 @@ from torch import nn
 
 from ..kernels.shapes import as_matrix
 from ..nn.checks import check_module, check_path
+from ..nn.freeze import warn_pending_masks
 from ..nn.plan import sparsity_plan
+from ..nn.sparse_module import SparseWeightMixin
 from ..nn.sparsity import NMSparsity
 from ..ops.compressed_weight import compress_weight
 from .format import (
@@ -148,6 +150,10 @@ def export(model: nn.Module, path: str | Path, format: str = "dense") -> ExportR
     dense tensors (biases, norms) are written as +0.0. The files' permissions follow the
     umask (or an existing file's mode), as for the JSON files.
 
+    Warns (``UserWarning``, naming the fix), as :func:`step.freeze` does, when an
+    optimizer over the model has not learned the masks yet: a ``step.optim.STEP`` still in
+    its precondition phase, whose layers are then written pruned by weight magnitude.
+
     Returns:
         :class:`ExportReport` (print it for a one-line summary).
 
@@ -166,6 +172,8 @@ def export(model: nn.Module, path: str | Path, format: str = "dense") -> ExportR
     tensors = model_tensors(model)
     if not tensors.sparse:
         raise ValueError("the model has no sparse layers: call step.sparsify first")
+    warn_pending_masks([m for m in model.modules() if isinstance(m, SparseWeightMixin)],
+                       "step.export")  # fmt: skip
     path.mkdir(parents=True, exist_ok=True)
     plan = sparsity_plan(model)
     writer = _export_dense if format == "dense" else _export_compressed

@@ -28,8 +28,12 @@ def mark_pending_masks(param: torch.Tensor, why: Callable[[], str | None]) -> No
     sparsity.pending_masks = why
 
 
-def _warn_pending(layers: list[SparseWeightMixin]) -> None:
-    """One ``UserWarning`` if an optimizer has still to learn some layers' masks."""
+def warn_pending_masks(layers: list[SparseWeightMixin], caller: str) -> None:
+    """One ``UserWarning`` if an optimizer has still to learn some of ``layers``' masks.
+
+    ``caller`` (``"step.freeze"``, ``"step.export"``) starts the message; the warning
+    points at the line that called ``caller``, which must call this directly.
+    """
     reasons = []
     for layer in layers:
         why = layer.sparsity.pending_masks
@@ -39,7 +43,7 @@ def _warn_pending(layers: list[SparseWeightMixin]) -> None:
                 reasons.append(reason)
     if reasons:
         warnings.warn(
-            f"step.freeze: {len(reasons)} of {len(layers)} sparse layers are pruned by weight "
+            f"{caller}: {len(reasons)} of {len(layers)} sparse layers are pruned by weight "
             f"magnitude: {reasons[0]}",
             UserWarning,
             stacklevel=3,
@@ -62,7 +66,7 @@ def freeze(model: nn.Module) -> nn.Module:
     layers = [mod for mod in model.modules() if isinstance(mod, SparseWeightMixin)]
     if not layers:
         raise ValueError("the model has no sparse layers to freeze: call step.sparsify first")
-    _warn_pending(layers)
+    warn_pending_masks(layers, "step.freeze")
     for layer in layers:
         layer.freeze()
     record_plan(model)
