@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -39,9 +40,10 @@ class FlipRate:
             named = [(name.removesuffix(".weight"), p) for name, p in source.named_parameters()]
         else:
             named = [(str(i), p) for i, p in enumerate(source)]
-        self._states: list[tuple[str, NMSparsity]] = [
-            (name, state) for name, p in named if (state := sparsity_of(p)) is not None
+        self._params: list[tuple[str, torch.Tensor, NMSparsity]] = [
+            (name, p, state) for name, p in named if (state := sparsity_of(p)) is not None
         ]
+        self._states = [(name, state) for name, _, state in self._params]
         self._seen = dict(self._counts())
 
     def _counts(self) -> list[tuple[str, tuple[int, int]]]:
@@ -75,18 +77,34 @@ class FlipRate:
         overall = total_flipped / total_compared if total_compared else None
         return FlipReading(overall, layers)
 
-    def state_dict(self) -> dict[str, list[int]]:
-        """The counts not yet read, per layer: a resumed run's next reading covers the
-        same mask updates as an uninterrupted run's (the layers' last masks are saved
-        with the model's state by the caller: ``NMSparsity.last_mask``)."""
-        pending = {}
+    def state_dict(self) -> dict[str, Any]:
+        """What a reader built after a resume needs to read what this one would have:
+        ``"pending"``, the counts not yet read (per layer, ``[flipped, compared]``), and
+        ``"last_masks"``, each layer's last computed mask (the next mask update is
+        compared with it; bool, the weight's shape), with ``"current"`` naming the
+        layers whose last mask is their current weight's own (it is cached again on
+        load, so the next forward pass does not count it twice). Save it with the
+        checkpoint; load it after the model's state."""
+        pending, masks, current = {}, {}, []
         for name, (flipped, compared) in self._counts():
             seen_flipped, seen_compared = self._seen[name]
             pending[name] = [flipped - seen_flipped, compared - seen_compared]
-        return pending
+        for name, p, state in self._params:
+            if state.last_mask is not None:
+                masks[name] = state.last_mask
+                if state.cached_mask(p) is state.last_mask:
+                    current.append(name)
+        return {"pending": pending, "last_masks": masks, "current": current}
 
-    def load_state_dict(self, state: dict[str, list[int]]) -> None:
-        """Count the pending updates of :meth:`state_dict` into the next reading."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the layers' last masks (without counting them)
+        and the pending counts, which the next reading includes. Call it after loading
+        the model's state (a cached mask belongs to the weight as loaded)."""
+        masks, current = state.get("last_masks", {}), set(state.get("current", ()))
+        for name, p, layer in self._params:
+            if name in masks:
+                layer.restore_last_mask(p, masks[name].to(p.device), name in current)
+        pending = state.get("pending", {})
         for name, (flipped, compared) in self._counts():
-            pending_flipped, pending_compared = state.get(name, (0, 0))
+            pending_flipped, pending_compared = pending.get(name, (0, 0))
             self._seen[name] = (flipped - pending_flipped, compared - pending_compared)

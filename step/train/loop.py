@@ -54,31 +54,22 @@ def make_schedule(cfg: TrainConfig, opt) -> torch.optim.lr_scheduler.LambdaLR:
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _last_masks(model) -> dict[str, Any]:
-    """Each sparse weight's last computed mask (the flip rate's next comparison), and
-    whether it is the current weight's (cached): a resumed run must not count it again."""
-    masks, current = {}, []
-    for name, p in model.named_parameters():
-        state = step_nn.sparsity_of(p)
-        if state is not None and state.last_mask is not None:
-            masks[name] = state.last_mask
-            if state.cached_mask(p) is state.last_mask:
-                current.append(name)
-    return {"masks": masks, "current": current}
-
-
-def _set_last_masks(model, saved: dict[str, Any]) -> None:
-    masks, current = saved.get("masks", {}), set(saved.get("current", ()))
-    for name, p in model.named_parameters():
-        state = step_nn.sparsity_of(p)
-        if state is not None and name in masks:
-            state.restore_last_mask(p, masks[name].to(p.device), name in current)
+def _flip_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's ``FlipRate`` state. Checkpoints written before the last masks
+    moved into it kept them beside it, keyed by parameter name."""
+    flips = state.get("flips", {})  # absent: saved before flip rates
+    if "pending" in flips:
+        return flips
+    legacy = state.get("last_masks", {})
+    masks = {k.removesuffix(".weight"): v for k, v in legacy.get("masks", {}).items()}
+    current = [k.removesuffix(".weight") for k in legacy.get("current", ())]
+    return {"pending": flips, "last_masks": masks, "current": current}
 
 
 def _state(model, opt, sched, flips, t: int) -> dict[str, Any]:
     state = {"step": t, "model": model.state_dict(), "optimizer": opt.state_dict(),
              "schedule": sched.state_dict(), "rng": torch.get_rng_state(),
-             "last_masks": _last_masks(model), "flips": flips.state_dict()}  # fmt: skip
+             "flips": flips.state_dict()}  # fmt: skip
     if torch.cuda.is_available():
         state["cuda_rng"] = torch.cuda.get_rng_state_all()
     return state
@@ -103,8 +94,7 @@ def _restore(state: dict[str, Any], model, opt, sched, flips, where: Path) -> in
                        "config.json", ". Resume it with the configuration it was saved with, "
                        "or start a new run")  # fmt: skip
     sched.load_state_dict(state["schedule"])
-    _set_last_masks(model, state.get("last_masks", {}))  # absent: saved before flip rates
-    flips.load_state_dict(state.get("flips", {}))
+    flips.load_state_dict(_flip_state(state))
     torch.set_rng_state(state["rng"])
     if "cuda_rng" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
