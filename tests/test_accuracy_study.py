@@ -46,7 +46,8 @@ def long_smoke(smoke):
 def test_every_recipe_runs_once_and_records_its_setting(smoke):
     study, root, out = smoke
     names = sorted(p.name for p in out.glob("*.json"))
-    recipes = ("asp", "dense", "srste", "step-paper", "step", "step-decay0", "step-decay6e-4")
+    recipes = ("asp", "dense", "srste", "step-paper", "step", "step-decay0", "step-decay6e-4",
+               "sste")
     assert names == sorted(
         [f"shakespeare-2x4-{r}-seed0.json" for r in recipes]
         + ["pilot-shakespeare-2x4-step-seed1000.json"]
@@ -187,8 +188,8 @@ def test_report_has_a_section_per_scale_with_curves_and_flags_partial_runs(long_
     assert "| S-STE |" in long and "| SR-STE |" not in rows_1x8
     assert "Partial" not in long.split("\n")[0] and "**Partial results:**" not in long
     # the CPU smoke ran one of the three tasks its scale plans
-    assert "(partial: 7 of 17 planned runs)" in cpu.split("\n")[0]
-    assert "fashion-mnist: not started (5 runs)" in cpu
+    assert "(partial: 8 of 19 planned runs)" in cpu.split("\n")[0]
+    assert "fashion-mnist: not started (6 runs)" in cpu
     img = tmp_path / "docs" / "img"
     for scale, section in (("smoke", cpu), ("long-smoke", long)):
         names = ["zt_shakespeare", "val_shakespeare_2x4", "flips_shakespeare_2x4"]
