@@ -46,7 +46,7 @@ def main() -> None:
     seen = _count_below_floor(1e-2)
     for seed in args.seeds:
         for floor in args.floors:
-            cfg = build({}, {"seed": seed, "variance_floor": floor}).resolved()
+            cfg = build({}, {"recipe": "step", "seed": seed, "variance_floor": floor}).resolved()
             with tempfile.TemporaryDirectory() as work:
                 result = train(cfg, Path(work) / "run", quiet=True)
             print(json.dumps({"variance_floor": floor, "seed": seed, "final": result.final,
