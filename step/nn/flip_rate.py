@@ -43,13 +43,12 @@ class FlipRate:
         self._params: list[tuple[str, torch.Tensor, NMSparsity]] = [
             (name, p, state) for name, p in named if (state := sparsity_of(p)) is not None
         ]
-        self._states = [(name, state) for name, _, state in self._params]
         self._seen = dict(self._counts())
 
     def _counts(self) -> list[tuple[str, tuple[int, int]]]:
         """Every layer's running ``(flipped, compared)``, with one host sync per device
         the counters live on (not one per layer)."""
-        totals = [state.flip_counts() for _, state in self._states]
+        totals = [state.flip_counts() for _, _, state in self._params]
         by_device: dict[torch.device, list[int]] = {}
         for i, (flipped, _) in enumerate(totals):
             if flipped is not None:
@@ -60,7 +59,7 @@ class FlipRate:
             for i, value in zip(indices, values, strict=True):
                 flipped_host[i] = int(value)
         return [(name, (flipped_host[i], totals[i][1]))
-                for i, (name, _) in enumerate(self._states)]  # fmt: skip
+                for i, (name, _, _) in enumerate(self._params)]  # fmt: skip
 
     def read(self) -> FlipReading:
         """The rates since the previous :meth:`read` (or construction). A host sync:
